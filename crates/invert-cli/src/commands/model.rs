@@ -1,0 +1,114 @@
+//! `invert model info`: load a model the way training and generation will, and say what it is.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use burn::tensor::DType;
+use clap::{Args, Subcommand};
+use invert_model::inspect::parameter_count;
+use invert_model::loading::{LoadOptions, load};
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Load a model and print its family, architecture, parameter counts and any unexpected keys.
+    Info(InfoArgs),
+}
+
+/// How to find and load a model; shared by every command that needs one.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A diffusers folder, a Hugging Face cache folder (models--org--name), or a single-file
+    /// .safetensors/.ckpt checkpoint.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Architecture for a single-file checkpoint: a diffusers folder or a folder with
+    /// text_encoder/, unet/, vae/ (and scheduler/) config files, e.g. configs/sd21-base.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Prefer this weights variant in diffusers folders (e.g. fp16).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Use the U-Net's EMA weights when an original checkpoint has them.
+    #[arg(long)]
+    pub ema: bool,
+    /// Backend: cpu (always available) or wgpu (GPU builds).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute precision of the frozen weights.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    pub precision: String,
+}
+
+impl ModelArgs {
+    pub fn options(&self) -> LoadOptions {
+        LoadOptions {
+            dtype: match self.precision.as_str() {
+                "f16" => DType::F16,
+                "bf16" => DType::BF16,
+                _ => DType::F32,
+            },
+            variant: self.variant.clone(),
+            config_dir: self.config.clone(),
+            use_ema: self.ema,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+pub fn run(cmd: ModelCommand) -> Result<()> {
+    match cmd {
+        ModelCommand::Info(args) => info(args),
+    }
+}
+
+fn info(args: InfoArgs) -> Result<()> {
+    let device = invert_model::device::by_name(&args.model.device).map_err(|e| anyhow!(e))?;
+    let start = Instant::now();
+    let sd = load(&args.model.model, &args.model.options(), &device)
+        .with_context(|| format!("could not load the model at {}", args.model.model.display()))?;
+    let c = &sd.config;
+    println!("model:        {}", sd.source.display());
+    println!("family:       {}", c.family.describe());
+    println!(
+        "text encoder: {} layers, width {}, {} heads, {} ({} parameters)",
+        c.text_encoder.num_hidden_layers,
+        c.text_encoder.hidden_size,
+        c.text_encoder.num_attention_heads,
+        c.text_encoder.hidden_act,
+        parameter_count(&sd.text_encoder)
+    );
+    println!(
+        "unet:         channels {:?}, cross-attention {}, linear projection {}, upcast attention {} ({} parameters)",
+        c.unet.block_out_channels,
+        c.unet.cross_attention_dim,
+        c.unet.use_linear_projection,
+        c.unet.upcast_attention,
+        parameter_count(&sd.unet)
+    );
+    println!(
+        "vae:          channels {:?}, latent /{} , scaling factor {} ({} parameters)",
+        c.vae.block_out_channels,
+        c.vae.downscale_factor(),
+        c.vae.scaling_factor,
+        parameter_count(&sd.vae)
+    );
+    if let Some(p) = c.scheduler.get("prediction_type").and_then(|v| v.as_str()) {
+        println!("prediction:   {p}");
+    }
+    for (component, report) in &sd.reports {
+        print!("{component:<13} {} tensors loaded", report.applied);
+        if report.unexpected.is_empty() {
+            println!();
+        } else {
+            println!(", {} unexpected keys ignored: {}", report.unexpected.len(), report.unexpected.iter().take(5).cloned().collect::<Vec<_>>().join(", "));
+        }
+    }
+    println!("loaded in {:.2} s", start.elapsed().as_secs_f64());
+    Ok(())
+}

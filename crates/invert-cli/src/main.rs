@@ -1,0 +1,30 @@
+//! `invert`: textual inversion for Stable Diffusion 1.x/2.x.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "invert", version, about = "Textual inversion for Stable Diffusion 1.x/2.x, in Rust on burn")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect Stable Diffusion checkpoints (diffusers folders, .safetensors, .ckpt).
+    #[command(subcommand)]
+    Model(commands::model::ModelCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Model(cmd) => commands::model::run(cmd),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

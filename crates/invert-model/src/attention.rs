@@ -1,0 +1,129 @@
+//! diffusers `Attention` (models/attention_processor.py) with the `AttnProcessor2_0` maths:
+//! multi-head scaled-dot-product attention with separate q/k/v projections and `to_out.0`.
+//! Used by the U-Net's `BasicTransformerBlock` (self- and cross-attention) and by the VAE's
+//! mid-block (spatial self-attention with its own GroupNorm and residual).
+
+use burn::nn::{GroupNorm, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+use crate::layers::{group_norm, image_to_tokens, tokens_to_image};
+
+#[derive(Config, Debug)]
+pub struct AttentionConfig {
+    /// Width of the queries (the block's channels).
+    pub query_dim: usize,
+    /// Width of the keys/values source; `None` for self-attention.
+    pub cross_attention_dim: Option<usize>,
+    pub heads: usize,
+    pub dim_head: usize,
+    /// Bias on `to_q/to_k/to_v` (false in the U-Net, true in the VAE).
+    #[config(default = false)]
+    pub bias: bool,
+    /// Compute the scores in f32 when the weights are half precision (SD 2.x 768-v sets
+    /// `upcast_attention`; the VAE always upcasts its softmax).
+    #[config(default = false)]
+    pub upcast: bool,
+    /// GroupNorm over the input before projection (VAE mid-block): `(groups, eps)`.
+    pub group_norm: Option<(usize, f64)>,
+    /// Add the input back after `to_out` (VAE mid-block).
+    #[config(default = false)]
+    pub residual_connection: bool,
+}
+
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub group_norm: Option<GroupNorm>,
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    /// diffusers keeps `[Linear, Dropout]`; the Vec makes the key `to_out.0.*` map directly.
+    pub to_out: Vec<Linear>,
+    pub heads: usize,
+    pub upcast: bool,
+    pub residual_connection: bool,
+}
+
+impl AttentionConfig {
+    pub fn init(&self, device: &Device) -> Attention {
+        let inner = self.heads * self.dim_head;
+        let kv_dim = self.cross_attention_dim.unwrap_or(self.query_dim);
+        let proj = |i, o| LinearConfig::new(i, o).with_bias(self.bias).init(device);
+        Attention {
+            group_norm: self
+                .group_norm
+                .map(|(groups, eps)| group_norm(groups, self.query_dim, eps, device)),
+            to_q: proj(self.query_dim, inner),
+            to_k: proj(kv_dim, inner),
+            to_v: proj(kv_dim, inner),
+            to_out: vec![LinearConfig::new(inner, self.query_dim).init(device)],
+            heads: self.heads,
+            upcast: self.upcast,
+            residual_connection: self.residual_connection,
+        }
+    }
+}
+
+impl Attention {
+    /// Token attention: `x` is `[b, lq, query_dim]`, `context` `[b, lk, cross_dim]` or `None`.
+    pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>) -> Tensor<3> {
+        let context = context.unwrap_or_else(|| x.clone());
+        let q = self.to_q.forward(x);
+        let k = self.to_k.forward(context.clone());
+        let v = self.to_v.forward(context);
+        let out = multi_head_attention(q, k, v, self.heads, self.upcast, false);
+        self.to_out[0].forward(out)
+    }
+
+    /// Spatial self-attention over an image `[b, c, h, w]` (the VAE mid-block form: optional
+    /// GroupNorm first, optional residual).
+    pub fn forward_image(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, _, h, w] = x.dims();
+        let residual = x.clone();
+        let x = match &self.group_norm {
+            Some(norm) => norm.forward(x),
+            None => x,
+        };
+        let out = tokens_to_image(self.forward(image_to_tokens(x), None), h, w);
+        if self.residual_connection {
+            out + residual
+        } else {
+            out
+        }
+    }
+}
+
+/// Splits `[b, l, heads*d]` projections into heads, runs SDPA with scale `1/sqrt(d)` and merges
+/// the heads back. `causal` masks future positions (CLIP's text encoder).
+pub fn multi_head_attention(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    heads: usize,
+    upcast: bool,
+    causal: bool,
+) -> Tensor<3> {
+    let [b, lq, inner] = q.dims();
+    let lk = k.dims()[1];
+    let d = inner / heads;
+    let split = |t: Tensor<3>, l: usize| t.reshape([b, l, heads, d]).swap_dims(1, 2);
+    let (mut q, mut k, mut v) = (split(q, lq), split(k, lk), split(v, lk));
+    let dtype = q.dtype();
+    let upcast = upcast && dtype != DType::F32;
+    if upcast {
+        q = q.cast(DType::F32);
+        k = k.cast(DType::F32);
+        v = v.cast(DType::F32);
+    }
+    let options = AttentionModuleOptions {
+        is_causal: causal,
+        ..Default::default()
+    };
+    let mut out = attention(q, k, v, None, None, options);
+    if upcast {
+        out = out.cast(dtype);
+    }
+    out.swap_dims(1, 2).reshape([b, lq, inner])
+}

@@ -1,0 +1,183 @@
+//! transformers `CLIPTextModel` (models/clip/modeling_clip.py): token + position embeddings,
+//! pre-LayerNorm encoder layers under a causal mask, final LayerNorm.
+//!
+//! New words (textual inversion) are extra embedding rows kept *outside* the frozen
+//! `token_embedding` table: ids `>= vocab_size` read from `extra`, so the 49,408 original rows
+//! are never modified or copied, and gradients reach only the new rows.
+
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::gelu;
+use burn::tensor::module::embedding;
+
+use super::config::CLIPTextConfig;
+use crate::attention::multi_head_attention;
+use crate::layers::quick_gelu;
+
+#[derive(Module, Debug)]
+pub struct CLIPAttention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
+    pub heads: usize,
+}
+
+impl CLIPAttention {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let q = self.q_proj.forward(x.clone());
+        let k = self.k_proj.forward(x.clone());
+        let v = self.v_proj.forward(x);
+        self.out_proj
+            .forward(multi_head_attention(q, k, v, self.heads, false, true))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct CLIPMLP {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub quick_gelu: bool,
+}
+
+impl CLIPMLP {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let h = self.fc1.forward(x);
+        let h = if self.quick_gelu { quick_gelu(h) } else { gelu(h) };
+        self.fc2.forward(h)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct CLIPEncoderLayer {
+    pub self_attn: CLIPAttention,
+    pub layer_norm1: LayerNorm,
+    pub mlp: CLIPMLP,
+    pub layer_norm2: LayerNorm,
+}
+
+impl CLIPEncoderLayer {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
+        x.clone() + self.mlp.forward(self.layer_norm2.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct CLIPEncoder {
+    pub layers: Vec<CLIPEncoderLayer>,
+}
+
+#[derive(Module, Debug)]
+pub struct CLIPTextEmbeddings {
+    pub token_embedding: Embedding,
+    pub position_embedding: Embedding,
+}
+
+#[derive(Module, Debug)]
+pub struct CLIPTextTransformer {
+    pub embeddings: CLIPTextEmbeddings,
+    pub encoder: CLIPEncoder,
+    pub final_layer_norm: LayerNorm,
+}
+
+/// The text encoder. Field paths equal transformers' keys (`text_model.encoder.layers.0...`).
+#[derive(Module, Debug)]
+pub struct CLIPTextModel {
+    pub text_model: CLIPTextTransformer,
+}
+
+impl CLIPTextConfig {
+    pub fn init(&self, device: &Device) -> CLIPTextModel {
+        let d = self.hidden_size;
+        let ln = || {
+            LayerNormConfig::new(d)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
+        let lin = |i, o| LinearConfig::new(i, o).init(device);
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| CLIPEncoderLayer {
+                self_attn: CLIPAttention {
+                    q_proj: lin(d, d),
+                    k_proj: lin(d, d),
+                    v_proj: lin(d, d),
+                    out_proj: lin(d, d),
+                    heads: self.num_attention_heads,
+                },
+                layer_norm1: ln(),
+                mlp: CLIPMLP {
+                    fc1: lin(d, self.intermediate_size),
+                    fc2: lin(self.intermediate_size, d),
+                    quick_gelu: self.hidden_act == "quick_gelu",
+                },
+                layer_norm2: ln(),
+            })
+            .collect();
+        CLIPTextModel {
+            text_model: CLIPTextTransformer {
+                embeddings: CLIPTextEmbeddings {
+                    token_embedding: EmbeddingConfig::new(self.vocab_size, d).init(device),
+                    position_embedding: EmbeddingConfig::new(self.max_position_embeddings, d)
+                        .init(device),
+                },
+                encoder: CLIPEncoder { layers },
+                final_layer_norm: ln(),
+            },
+        }
+    }
+}
+
+impl CLIPTextModel {
+    pub fn vocab_size(&self) -> usize {
+        self.text_model.embeddings.token_embedding.weight.shape()[0]
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.text_model.embeddings.token_embedding.weight.shape()[1]
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.text_model.encoder.layers.len()
+    }
+
+    /// Token + position embeddings of `ids` `[b, l]`. Ids `>= vocab_size` index the rows of
+    /// `extra` `[n_new, d]` (new words); the frozen table is only read, never concatenated.
+    pub fn embed(&self, ids: Tensor<2, Int>, extra: Option<&Tensor<2>>) -> Tensor<3> {
+        let [b, l] = ids.dims();
+        let device = ids.device();
+        let vocab = self.vocab_size() as i64;
+        let table = self.text_model.embeddings.token_embedding.weight.val();
+        let tokens = match extra {
+            None => embedding(table, ids),
+            Some(extra) => {
+                let is_new = ids.clone().greater_equal_elem(vocab);
+                let base_ids = ids.clone().mask_fill(is_new.clone(), 0);
+                let new_ids = (ids - vocab).clamp_min(0);
+                let base = embedding(table, base_ids);
+                let new = embedding(extra.clone(), new_ids);
+                let d = base.dims()[2];
+                base.mask_where(is_new.unsqueeze_dim::<3>(2).expand([b, l, d]), new)
+            }
+        };
+        let positions = Tensor::<1, Int>::arange(0..l as i64, &device).unsqueeze_dim::<2>(0);
+        let pos = self
+            .text_model
+            .embeddings
+            .position_embedding
+            .forward(positions);
+        tokens + pos
+    }
+
+    /// The conditioning SD uses: the output of the encoder after `skip - 1` final layers are
+    /// skipped, through the final LayerNorm. `clip_skip = 1` is `last_hidden_state`; 2 is the
+    /// penultimate layer (A1111's "clip skip 2", diffusers' `clip_skip=1`).
+    pub fn forward(&self, ids: Tensor<2, Int>, extra: Option<&Tensor<2>>, clip_skip: usize) -> Tensor<3> {
+        let used = self.num_layers() + 1 - clip_skip.clamp(1, self.num_layers());
+        let mut h = self.embed(ids, extra);
+        for layer in &self.text_model.encoder.layers[..used] {
+            h = layer.forward(h);
+        }
+        self.text_model.final_layer_norm.forward(h)
+    }
+}

@@ -1,0 +1,46 @@
+//! Small building blocks shared by the three models: the conv and norm shapes Stable Diffusion
+//! uses everywhere, and the activations burn does not ship.
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::sigmoid;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+
+/// A square conv with `k` x `k` kernel, stride `stride` and symmetric zero padding `pad`.
+pub fn conv2d(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([cin, cout], [k, k])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .init(device)
+}
+
+pub fn group_norm(groups: usize, channels: usize, eps: f64, device: &Device) -> GroupNorm {
+    GroupNormConfig::new(groups, channels).with_epsilon(eps).init(device)
+}
+
+/// CLIP's `quick_gelu`, x * sigmoid(1.702 x) (OpenAI CLIP, used by the SD1.x text tower).
+pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone() * sigmoid(x.mul_scalar(1.702))
+}
+
+/// Nearest-neighbour resize to `[h, w]` (diffusers `Upsample2D`, `F.interpolate(mode="nearest")`).
+pub fn upsample_nearest(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
+    interpolate(
+        x,
+        InterpolateOptions::new(InterpolateMode::Nearest).with_output_size(size),
+    )
+}
+
+/// `[b, c, h, w]` -> `[b, h*w, c]`, the token layout attention works on.
+pub fn image_to_tokens(x: Tensor<4>) -> Tensor<3> {
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c, h * w]).swap_dims(1, 2)
+}
+
+/// `[b, h*w, c]` -> `[b, c, h, w]`.
+pub fn tokens_to_image(x: Tensor<3>, h: usize, w: usize) -> Tensor<4> {
+    let [b, _, c] = x.dims();
+    x.swap_dims(1, 2).reshape([b, c, h, w])
+}

@@ -1,0 +1,14 @@
+//! Stable Diffusion 1.x/2.x models for invert, in burn: the CLIP text encoder, the U-Net and the
+//! VAE, with diffusers' module structure and names, and the loaders for the files users have.
+
+pub mod attention;
+pub mod clip;
+pub mod device;
+pub mod inspect;
+pub mod keymap;
+pub mod layers;
+pub mod loading;
+pub mod resnet;
+pub mod unet;
+pub mod vae;
+pub mod weights;

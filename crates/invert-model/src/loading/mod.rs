@@ -1,0 +1,193 @@
+//! Loading Stable Diffusion 1.x/2.x from what users have on disk: diffusers folders (also inside
+//! a Hugging Face cache snapshot) and single-file original checkpoints (`.safetensors`,
+//! `.ckpt`). See `diffusers_folder.rs` and `single_file.rs`; the checkpoint-key knowledge lives
+//! in each model's `keys.rs`.
+
+pub mod apply;
+pub mod diffusers_folder;
+pub mod family;
+pub mod single_file;
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::DType;
+
+use crate::clip::{CLIPTextConfig, CLIPTextModel};
+use crate::unet::{UNet2DConditionConfig, UNet2DConditionModel};
+use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::weights::WeightError;
+
+pub use apply::LoadReport;
+pub use family::Family;
+
+/// Everything that can go wrong while loading; each message names the file and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    #[error("{path}: no such file or folder")]
+    NotFound { path: PathBuf },
+    #[error(
+        "{path}: the model folder has no `{component}` component ({detail}). A diffusers folder \
+         needs model_index.json with text_encoder/, unet/ and vae/ (each with config.json and \
+         weights); pass a complete folder or a single-file checkpoint"
+    )]
+    MissingComponent {
+        path: PathBuf,
+        component: String,
+        detail: String,
+    },
+    #[error("{path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error(
+        "{path}: tensor `{key}` has shape {found:?} but the model expects {expected:?} (loading \
+         it as {family}). If the checkpoint is another architecture, pass --config DIR with its \
+         diffusers config folder"
+    )]
+    ShapeMismatch {
+        path: PathBuf,
+        key: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+        family: String,
+    },
+    #[error(
+        "{path}: {n} weights the model needs are not in the file (loading it as {family}); \
+         first ones: {first}",
+        n = keys.len(),
+        first = keys.iter().take(8).cloned().collect::<Vec<_>>().join(", ")
+    )]
+    MissingKeys {
+        path: PathBuf,
+        family: String,
+        keys: Vec<String>,
+    },
+    #[error("{path}: {reason}")]
+    Layout { path: PathBuf, reason: String },
+}
+
+/// How to load.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute dtype of the frozen weights (files in any float dtype are converted to it).
+    pub dtype: DType,
+    /// Prefer `*.{variant}.safetensors` files in diffusers folders (e.g. `fp16`).
+    pub variant: Option<String>,
+    /// A diffusers folder, or a folder of component `config.json` files, giving the
+    /// architecture (and scheduler) of a single-file checkpoint.
+    pub config_dir: Option<PathBuf>,
+    /// Take the U-Net from the EMA weights of an original checkpoint that has them.
+    pub use_ema: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            variant: None,
+            config_dir: None,
+            use_ema: false,
+        }
+    }
+}
+
+/// The configuration of a whole pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub text_encoder: CLIPTextConfig,
+    pub unet: UNet2DConditionConfig,
+    pub vae: AutoencoderKLConfig,
+    /// `scheduler/scheduler_config.json` as found (interpreted by the sampling code).
+    pub scheduler: serde_json::Value,
+    /// `tokenizer/` folder of a diffusers model, when there is one.
+    pub tokenizer_dir: Option<PathBuf>,
+    pub family: Family,
+}
+
+/// A loaded Stable Diffusion model.
+#[derive(Debug)]
+pub struct StableDiffusion {
+    pub text_encoder: CLIPTextModel,
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoencoderKL,
+    pub config: PipelineConfig,
+    /// What was loaded, for messages and image metadata.
+    pub source: PathBuf,
+    pub reports: Vec<(String, LoadReport)>,
+}
+
+/// Loads a diffusers folder, a Hugging Face cache snapshot or a single-file checkpoint.
+pub fn load(path: &Path, options: &LoadOptions, device: &Device) -> Result<StableDiffusion, LoadError> {
+    if !path.exists() {
+        return Err(LoadError::NotFound { path: path.to_path_buf() });
+    }
+    if path.is_dir() {
+        diffusers_folder::load(path, options, device)
+    } else {
+        single_file::load(path, options, device)
+    }
+}
+
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| WeightError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| LoadError::Config {
+        path: path.to_path_buf(),
+        reason: format!("not valid JSON: {e}"),
+    })
+}
+
+/// Parses a diffusers/transformers `config.json`: fields it lacks take `defaults`' values (burn's
+/// `Config` deserialiser does not apply `#[config(default)]` to missing fields) and fields we
+/// do not model are ignored.
+pub fn parse_config<C: burn::config::Config>(path: &Path, json: &serde_json::Value, defaults: C) -> Result<C, LoadError> {
+    let bad = |reason: String| LoadError::Config { path: path.to_path_buf(), reason };
+    let mut merged = serde_json::to_value(&defaults).map_err(|e| bad(e.to_string()))?;
+    let user = json.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
+    let target = merged.as_object_mut().expect("configs serialise to objects");
+    for (k, v) in user {
+        if target.contains_key(k) {
+            target.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::from_value(merged).map_err(|e| bad(format!("not a config this model understands: {e}")))
+}
+
+/// Parses a component config and checks that this implementation can build it.
+pub(crate) fn parse_configs(
+    text_encoder: (&Path, &serde_json::Value),
+    unet: (&Path, &serde_json::Value),
+    vae: (&Path, &serde_json::Value),
+) -> Result<(CLIPTextConfig, UNet2DConditionConfig, AutoencoderKLConfig), LoadError> {
+    let te: CLIPTextConfig = parse_config(text_encoder.0, text_encoder.1, CLIPTextConfig::new())?;
+    let unet_cfg: UNet2DConditionConfig = parse_config(unet.0, unet.1, UNet2DConditionConfig::new(vec![], vec![], vec![]))?;
+    let vae_cfg: AutoencoderKLConfig = parse_config(vae.0, vae.1, AutoencoderKLConfig::new(vec![]))?;
+    if let Some(why) = unet_cfg.unsupported() {
+        return Err(LoadError::Config { path: unet.0.to_path_buf(), reason: why });
+    }
+    if let Some(why) = vae_cfg.unsupported() {
+        return Err(LoadError::Config { path: vae.0.to_path_buf(), reason: why });
+    }
+    if te.hidden_size % te.num_attention_heads != 0 {
+        return Err(LoadError::Config {
+            path: text_encoder.0.to_path_buf(),
+            reason: format!(
+                "hidden_size {} cannot be split into {} heads",
+                te.hidden_size, te.num_attention_heads
+            ),
+        });
+    }
+    if te.hidden_size != unet_cfg.cross_attention_dim {
+        return Err(LoadError::Config {
+            path: unet.0.to_path_buf(),
+            reason: format!(
+                "the U-Net's cross_attention_dim {} differs from the text encoder's hidden_size {}",
+                unet_cfg.cross_attention_dim, te.hidden_size
+            ),
+        });
+    }
+    Ok((te, unet_cfg, vae_cfg))
+}

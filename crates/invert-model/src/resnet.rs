@@ -1,0 +1,127 @@
+//! diffusers `models/resnet.py`: `ResnetBlock2D` (time-conditioned in the U-Net, plain in the
+//! VAE), `Downsample2D` and `Upsample2D`.
+
+use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::conv::Conv2dConfig;
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+
+use crate::layers::{conv2d, group_norm, upsample_nearest};
+
+#[derive(Config, Debug)]
+pub struct ResnetBlock2DConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// Width of the time embedding; `None` in the VAE (no `time_emb_proj`).
+    pub temb_channels: Option<usize>,
+    pub groups: usize,
+    pub eps: f64,
+}
+
+#[derive(Module, Debug)]
+pub struct ResnetBlock2D {
+    pub norm1: GroupNorm,
+    pub conv1: Conv2d,
+    pub time_emb_proj: Option<Linear>,
+    pub norm2: GroupNorm,
+    pub conv2: Conv2d,
+    /// 1x1 conv when the channel count changes (`use_in_shortcut`).
+    pub conv_shortcut: Option<Conv2d>,
+}
+
+impl ResnetBlock2DConfig {
+    pub fn init(&self, device: &Device) -> ResnetBlock2D {
+        let (cin, cout) = (self.in_channels, self.out_channels);
+        ResnetBlock2D {
+            norm1: group_norm(self.groups, cin, self.eps, device),
+            conv1: conv2d(cin, cout, 3, 1, 1, device),
+            time_emb_proj: self
+                .temb_channels
+                .map(|t| LinearConfig::new(t, cout).init(device)),
+            norm2: group_norm(self.groups, cout, self.eps, device),
+            conv2: conv2d(cout, cout, 3, 1, 1, device),
+            conv_shortcut: (cin != cout).then(|| conv2d(cin, cout, 1, 1, 0, device)),
+        }
+    }
+}
+
+impl ResnetBlock2D {
+    /// `temb` is the U-Net's time embedding `[b, temb_channels]` (ignored by VAE blocks).
+    pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
+        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => {
+                let t = proj.forward(silu(temb.clone()));
+                h + t.unsqueeze_dims::<4>(&[2, 3])
+            }
+            _ => h,
+        };
+        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let x = match &self.conv_shortcut {
+            Some(conv) => conv.forward(x),
+            None => x,
+        };
+        x + h
+    }
+}
+
+#[derive(Config, Debug)]
+pub struct Downsample2DConfig {
+    pub channels: usize,
+    /// Symmetric padding of the stride-2 conv. 0 means diffusers' asymmetric
+    /// `F.pad(x, (0, 1, 0, 1))` (the VAE), 1 is the U-Net's `downsample_padding`.
+    pub padding: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct Downsample2D {
+    pub conv: Conv2d,
+}
+
+impl Downsample2DConfig {
+    pub fn init(&self, device: &Device) -> Downsample2D {
+        let padding = match self.padding {
+            0 => PaddingConfig2d::Explicit(0, 0, 1, 1),
+            p => PaddingConfig2d::Explicit(p, p, p, p),
+        };
+        let conv = Conv2dConfig::new([self.channels, self.channels], [3, 3])
+            .with_stride([2, 2])
+            .with_padding(padding)
+            .init(device);
+        Downsample2D { conv }
+    }
+}
+
+impl Downsample2D {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv.forward(x)
+    }
+}
+
+#[derive(Config, Debug)]
+pub struct Upsample2DConfig {
+    pub channels: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct Upsample2D {
+    pub conv: Conv2d,
+}
+
+impl Upsample2DConfig {
+    pub fn init(&self, device: &Device) -> Upsample2D {
+        Upsample2D {
+            conv: conv2d(self.channels, self.channels, 3, 1, 1, device),
+        }
+    }
+}
+
+impl Upsample2D {
+    /// Nearest x2, or to `size` when the U-Net needs to match an odd skip connection.
+    pub fn forward(&self, x: Tensor<4>, size: Option<[usize; 2]>) -> Tensor<4> {
+        let [_, _, h, w] = x.dims();
+        let size = size.unwrap_or([h * 2, w * 2]);
+        self.conv.forward(upsample_nearest(x, size))
+    }
+}

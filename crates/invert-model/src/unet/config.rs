@@ -1,0 +1,140 @@
+//! `UNet2DConditionModel`'s `unet/config.json` as diffusers writes it.
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// A config value given once for every block or as a per-block list (`attention_head_dim`,
+/// `transformer_layers_per_block`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PerBlock {
+    One(usize),
+    Each(Vec<usize>),
+}
+
+impl PerBlock {
+    /// The value for each of `n` blocks, or `None` when a list has the wrong length.
+    pub fn expand(&self, n: usize) -> Option<Vec<usize>> {
+        match self {
+            PerBlock::One(v) => Some(vec![*v; n]),
+            PerBlock::Each(v) if v.len() == n => Some(v.clone()),
+            PerBlock::Each(_) => None,
+        }
+    }
+}
+
+#[derive(Config, Debug, PartialEq)]
+pub struct UNet2DConditionConfig {
+    #[config(default = 4)]
+    pub in_channels: usize,
+    #[config(default = 4)]
+    pub out_channels: usize,
+    pub block_out_channels: Vec<usize>,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    #[config(default = 2)]
+    pub layers_per_block: usize,
+    #[config(default = 768)]
+    pub cross_attention_dim: usize,
+    /// diffusers' legacy naming: for SD1.x/2.x these are the number of *heads* per block
+    /// (SD 2.x: `[5, 10, 20, 20]`, head width 64), see `UNet2DConditionModel.__init__`.
+    #[config(default = "PerBlock::One(8)")]
+    pub attention_head_dim: PerBlock,
+    /// When set, the real head counts (diffusers itself refuses it for this model class).
+    #[config(default = "None")]
+    pub num_attention_heads: Option<PerBlock>,
+    #[config(default = "PerBlock::One(1)")]
+    pub transformer_layers_per_block: PerBlock,
+    #[config(default = 1e-5)]
+    pub norm_eps: f64,
+    #[config(default = 32)]
+    pub norm_num_groups: usize,
+    #[config(default = true)]
+    pub flip_sin_to_cos: bool,
+    #[config(default = 0.0)]
+    pub freq_shift: f64,
+    #[config(default = 1)]
+    pub downsample_padding: usize,
+    /// Linear instead of 1x1-conv `proj_in`/`proj_out` in `Transformer2DModel` (SD 2.x).
+    #[config(default = false)]
+    pub use_linear_projection: bool,
+    #[config(default = false)]
+    pub upcast_attention: bool,
+    /// Features of other model families; refused with a message when set.
+    #[config(default = "None")]
+    pub addition_embed_type: Option<String>,
+    #[config(default = "None")]
+    pub class_embed_type: Option<String>,
+    #[config(default = "None")]
+    pub time_cond_proj_dim: Option<usize>,
+    #[config(default = "String::from(\"default\")")]
+    pub resnet_time_scale_shift: String,
+}
+
+impl UNet2DConditionConfig {
+    /// What this implementation cannot build, as a sentence; `None` when supported.
+    pub fn unsupported(&self) -> Option<String> {
+        let n = self.block_out_channels.len();
+        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return Some(format!(
+                "block_out_channels ({n}), down_block_types ({}) and up_block_types ({}) must have the same non-zero length",
+                self.down_block_types.len(),
+                self.up_block_types.len()
+            ));
+        }
+        if let Some(kind) = &self.addition_embed_type {
+            return Some(format!("addition_embed_type `{kind}` (SDXL-style models) is not supported"));
+        }
+        if let Some(kind) = &self.class_embed_type {
+            return Some(format!("class_embed_type `{kind}` is not supported"));
+        }
+        if self.time_cond_proj_dim.is_some() {
+            return Some("time_cond_proj_dim (LCM distillation) is not supported".into());
+        }
+        if self.resnet_time_scale_shift != "default" {
+            return Some(format!(
+                "resnet_time_scale_shift `{}` is not supported",
+                self.resnet_time_scale_shift
+            ));
+        }
+        for t in self.down_block_types.iter() {
+            if t != "CrossAttnDownBlock2D" && t != "DownBlock2D" {
+                return Some(format!("down block type `{t}` is not supported"));
+            }
+        }
+        for t in self.up_block_types.iter() {
+            if t != "CrossAttnUpBlock2D" && t != "UpBlock2D" {
+                return Some(format!("up block type `{t}` is not supported"));
+            }
+        }
+        if self.heads().is_none() {
+            return Some(format!(
+                "attention_head_dim / num_attention_heads must be one value or {n} values"
+            ));
+        }
+        if self.transformer_layers_per_block.expand(n).is_none() {
+            return Some(format!("transformer_layers_per_block must be one value or {n} values"));
+        }
+        for (c, h) in self.block_out_channels.iter().zip(self.heads().unwrap()) {
+            if h == 0 || c % h != 0 {
+                return Some(format!("{c} channels cannot be split into {h} attention heads"));
+            }
+            if c % self.norm_num_groups != 0 {
+                return Some(format!(
+                    "{c} channels cannot be split into {} GroupNorm groups",
+                    self.norm_num_groups
+                ));
+            }
+        }
+        None
+    }
+
+    /// Attention heads per down block (up blocks use the reversed list, the mid block the last).
+    pub fn heads(&self) -> Option<Vec<usize>> {
+        let n = self.block_out_channels.len();
+        self.num_attention_heads
+            .as_ref()
+            .unwrap_or(&self.attention_head_dim)
+            .expand(n)
+    }
+}

@@ -1,0 +1,142 @@
+//! diffusers `Transformer2DModel` (models/transformers/transformer_2d.py) with its
+//! `BasicTransformerBlock` and GEGLU `FeedForward` (models/attention.py), as SD 1.x/2.x use them.
+
+use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::gelu;
+
+use crate::attention::{Attention, AttentionConfig};
+use crate::layers::{conv2d, group_norm, image_to_tokens, tokens_to_image};
+
+/// GEGLU: `proj` to twice the width, the second half gates the first through exact GELU.
+#[derive(Module, Debug)]
+pub struct GEGLU {
+    pub proj: Linear,
+}
+
+/// diffusers keeps `net = [GEGLU, Dropout, Linear]`; checkpoint keys `ff.net.0.proj` and
+/// `ff.net.2` map to `ff.geglu.proj` and `ff.proj_out` (see `unet/keys.rs`).
+#[derive(Module, Debug)]
+pub struct FeedForward {
+    pub geglu: GEGLU,
+    pub proj_out: Linear,
+}
+
+impl FeedForward {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [h, gate] = self.geglu.proj.forward(x).chunk(2, 2).try_into().expect("two halves");
+        self.proj_out.forward(h * gelu(gate))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BasicTransformerBlock {
+    pub norm1: LayerNorm,
+    pub attn1: Attention,
+    pub norm2: LayerNorm,
+    pub attn2: Attention,
+    pub norm3: LayerNorm,
+    pub ff: FeedForward,
+}
+
+impl BasicTransformerBlock {
+    fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
+        let x = x.clone() + self.attn1.forward(self.norm1.forward(x), None);
+        let x = x.clone() + self.attn2.forward(self.norm2.forward(x), Some(context.clone()));
+        x.clone() + self.ff.forward(self.norm3.forward(x))
+    }
+}
+
+/// `proj_in`/`proj_out`: a 1x1 conv (SD 1.x) or a linear layer (SD 2.x,
+/// `use_linear_projection`). Loaded with `skip_enum_variants`, so the key stays `proj_in.weight`.
+#[derive(Module, Debug)]
+pub enum Projection {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+#[derive(Config, Debug)]
+pub struct Transformer2DModelConfig {
+    pub channels: usize,
+    pub heads: usize,
+    pub num_layers: usize,
+    pub cross_attention_dim: usize,
+    pub norm_num_groups: usize,
+    pub use_linear_projection: bool,
+    pub upcast_attention: bool,
+}
+
+#[derive(Module, Debug)]
+pub struct Transformer2DModel {
+    pub norm: GroupNorm,
+    pub proj_in: Projection,
+    pub transformer_blocks: Vec<BasicTransformerBlock>,
+    pub proj_out: Projection,
+}
+
+impl Transformer2DModelConfig {
+    pub fn init(&self, device: &Device) -> Transformer2DModel {
+        let c = self.channels;
+        let projection = || {
+            if self.use_linear_projection {
+                Projection::Linear(LinearConfig::new(c, c).init(device))
+            } else {
+                Projection::Conv(conv2d(c, c, 1, 1, 0, device))
+            }
+        };
+        let attention = |cross| AttentionConfig {
+            query_dim: c,
+            cross_attention_dim: cross,
+            heads: self.heads,
+            dim_head: c / self.heads,
+            bias: false,
+            upcast: self.upcast_attention,
+            group_norm: None,
+            residual_connection: false,
+        };
+        let ln = || LayerNormConfig::new(c).with_epsilon(1e-5).init(device);
+        let transformer_blocks = (0..self.num_layers)
+            .map(|_| BasicTransformerBlock {
+                norm1: ln(),
+                attn1: attention(None).init(device),
+                norm2: ln(),
+                attn2: attention(Some(self.cross_attention_dim)).init(device),
+                norm3: ln(),
+                ff: FeedForward {
+                    geglu: GEGLU {
+                        proj: LinearConfig::new(c, c * 8).init(device),
+                    },
+                    proj_out: LinearConfig::new(c * 4, c).init(device),
+                },
+            })
+            .collect();
+        Transformer2DModel {
+            // Transformer2DModel hard-codes eps 1e-6 for this GroupNorm.
+            norm: group_norm(self.norm_num_groups, c, 1e-6, device),
+            proj_in: projection(),
+            transformer_blocks,
+            proj_out: projection(),
+        }
+    }
+}
+
+impl Transformer2DModel {
+    pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
+        let [_, _, h, w] = x.dims();
+        let residual = x.clone();
+        let x = self.norm.forward(x);
+        let mut tokens = match &self.proj_in {
+            Projection::Conv(conv) => image_to_tokens(conv.forward(x)),
+            Projection::Linear(lin) => lin.forward(image_to_tokens(x)),
+        };
+        for block in &self.transformer_blocks {
+            tokens = block.forward(tokens, context);
+        }
+        let out = match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(tokens_to_image(tokens, h, w)),
+            Projection::Linear(lin) => tokens_to_image(lin.forward(tokens), h, w),
+        };
+        out + residual
+    }
+}

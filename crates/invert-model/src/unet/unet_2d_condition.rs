@@ -1,0 +1,136 @@
+//! diffusers `UNet2DConditionModel` (models/unets/unet_2d_condition.py), restricted to what
+//! SD 1.x/2.x use: positional time embedding, cross-attention down/mid/up blocks.
+
+use burn::nn::GroupNorm;
+use burn::nn::conv::Conv2d;
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+
+use super::config::UNet2DConditionConfig;
+use super::embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, timestep_projection};
+use super::unet_blocks::{
+    BlockSettings, BlockShape, DownBlock, UNetMidBlock2DCrossAttn, UNetMidBlock2DCrossAttnConfig,
+    UpBlock,
+};
+use crate::layers::{conv2d, group_norm};
+
+#[derive(Module, Debug)]
+pub struct UNet2DConditionModel {
+    pub conv_in: Conv2d,
+    pub time_embedding: TimestepEmbedding,
+    pub down_blocks: Vec<DownBlock>,
+    pub mid_block: UNetMidBlock2DCrossAttn,
+    pub up_blocks: Vec<UpBlock>,
+    pub conv_norm_out: GroupNorm,
+    pub conv_out: Conv2d,
+    /// `Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)`.
+    pub time_proj_dim: usize,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f64,
+}
+
+impl UNet2DConditionConfig {
+    /// Builds the model. Call [`UNet2DConditionConfig::unsupported`] first for a message
+    /// instead of a panic on configs this implementation cannot build.
+    pub fn init(&self, device: &Device) -> UNet2DConditionModel {
+        if let Some(why) = self.unsupported() {
+            panic!("unsupported U-Net config: {why}");
+        }
+        let ch = &self.block_out_channels;
+        let n = ch.len();
+        let heads = self.heads().expect("checked by unsupported()");
+        let layers = self.transformer_layers_per_block.expand(n).expect("checked");
+        let time_embed_dim = ch[0] * 4;
+        let settings = BlockSettings {
+            temb_channels: time_embed_dim,
+            groups: self.norm_num_groups,
+            eps: self.norm_eps,
+            cross_attention_dim: self.cross_attention_dim,
+            use_linear_projection: self.use_linear_projection,
+            upcast_attention: self.upcast_attention,
+        };
+
+        let down_blocks = (0..n)
+            .map(|i| {
+                let cross = self.down_block_types[i] == "CrossAttnDownBlock2D";
+                BlockShape {
+                    in_channels: if i == 0 { ch[0] } else { ch[i - 1] },
+                    out_channels: ch[i],
+                    prev_output_channels: 0,
+                    num_layers: self.layers_per_block,
+                    attention: cross.then_some((heads[i], layers[i])),
+                    resample: i + 1 < n,
+                    downsample_padding: self.downsample_padding,
+                }
+                .init_down(&settings, device)
+            })
+            .collect();
+
+        let mid_block = UNetMidBlock2DCrossAttnConfig::new(ch[n - 1], heads[n - 1], layers[n - 1])
+            .init(&settings, device);
+
+        let rev = |v: &[usize], i: usize| v[n - 1 - i];
+        let up_blocks = (0..n)
+            .map(|i| {
+                let cross = self.up_block_types[i] == "CrossAttnUpBlock2D";
+                BlockShape {
+                    in_channels: rev(ch, (i + 1).min(n - 1)),
+                    out_channels: rev(ch, i),
+                    prev_output_channels: if i == 0 { ch[n - 1] } else { rev(ch, i - 1) },
+                    num_layers: self.layers_per_block + 1,
+                    attention: cross.then_some((rev(&heads, i), rev(&layers, i))),
+                    resample: i + 1 < n,
+                    downsample_padding: 0,
+                }
+                .init_up(&settings, device)
+            })
+            .collect();
+
+        UNet2DConditionModel {
+            conv_in: conv2d(self.in_channels, ch[0], 3, 1, 1, device),
+            time_embedding: TimestepEmbeddingConfig::new(ch[0], time_embed_dim).init(device),
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out: group_norm(self.norm_num_groups, ch[0], self.norm_eps, device),
+            conv_out: conv2d(ch[0], self.out_channels, 3, 1, 1, device),
+            time_proj_dim: ch[0],
+            flip_sin_to_cos: self.flip_sin_to_cos,
+            freq_shift: self.freq_shift,
+        }
+    }
+}
+
+impl UNet2DConditionModel {
+    /// The time embedding of `timesteps` `[b]` (float, so fractional timesteps work).
+    pub fn time_embed(&self, timesteps: Tensor<1>) -> Tensor<2> {
+        let dtype = self.conv_in.weight.val().dtype();
+        let t = timestep_projection(timesteps, self.time_proj_dim, self.flip_sin_to_cos, self.freq_shift);
+        self.time_embedding.forward(t.cast(dtype))
+    }
+
+    /// Predicts noise (or v) for `sample` `[b, c, h, w]` at `timesteps` `[b]` given the text
+    /// conditioning `context` `[b, 77, cross_attention_dim]`.
+    pub fn forward(&self, sample: Tensor<4>, timesteps: Tensor<1>, context: Tensor<3>) -> Tensor<4> {
+        let temb = self.time_embed(timesteps);
+        let mut h = self.conv_in.forward(sample);
+        let mut skips = vec![h.clone()];
+        for block in &self.down_blocks {
+            let (out, res) = block.forward(h, &temb, &context);
+            h = out;
+            skips.extend(res);
+        }
+        h = self.mid_block.forward(h, &temb, &context);
+        for block in &self.up_blocks {
+            let mine = skips.split_off(skips.len() - block.num_resnets());
+            // Upsample to the next skip's size, which handles odd sizes like diffusers'
+            // `forward_upsample_size` and equals plain x2 otherwise.
+            let size = skips.last().map(|s| {
+                let [_, _, hh, ww] = s.dims();
+                [hh, ww]
+            });
+            h = block.forward(h, mine, &temb, &context, size);
+        }
+        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+    }
+}
