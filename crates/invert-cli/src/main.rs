@@ -5,7 +5,11 @@ mod commands;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "invert", version, about = "Textual inversion for Stable Diffusion 1.x/2.x, in Rust on burn")]
+#[command(
+    name = "invert",
+    version,
+    about = "Textual inversion for Stable Diffusion 1.x/2.x, in Rust on burn"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

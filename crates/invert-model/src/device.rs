@@ -6,7 +6,11 @@ use burn::prelude::*;
 
 /// The backend names `--device` accepts in this build.
 pub fn available() -> &'static [&'static str] {
-    if cfg!(feature = "wgpu") { &["cpu", "wgpu"] } else { &["cpu"] }
+    if cfg!(feature = "wgpu") {
+        &["cpu", "wgpu"]
+    } else {
+        &["cpu"]
+    }
 }
 
 /// The device for a `--device` value.

@@ -62,7 +62,8 @@ impl ModuleVisitor for Lister {
         if let Some(kind) = container_type.strip_prefix("Struct:") {
             self.modules.push(kind.to_string());
         } else {
-            self.modules.push(self.modules.last().cloned().unwrap_or_default());
+            self.modules
+                .push(self.modules.last().cloned().unwrap_or_default());
         }
     }
 
@@ -87,5 +88,8 @@ pub fn parameters<M: Module>(module: &M) -> Vec<ParamInfo> {
 
 /// Total number of float parameters.
 pub fn parameter_count<M: Module>(module: &M) -> usize {
-    parameters(module).iter().map(|p| p.shape.iter().product::<usize>()).sum()
+    parameters(module)
+        .iter()
+        .map(|p| p.shape.iter().product::<usize>())
+        .sum()
 }

@@ -9,7 +9,14 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 /// A square conv with `k` x `k` kernel, stride `stride` and symmetric zero padding `pad`.
-pub fn conv2d(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, device: &Device) -> Conv2d {
+pub fn conv2d(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    device: &Device,
+) -> Conv2d {
     Conv2dConfig::new([cin, cout], [k, k])
         .with_stride([stride, stride])
         .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
@@ -17,7 +24,9 @@ pub fn conv2d(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, devi
 }
 
 pub fn group_norm(groups: usize, channels: usize, eps: f64, device: &Device) -> GroupNorm {
-    GroupNormConfig::new(groups, channels).with_epsilon(eps).init(device)
+    GroupNormConfig::new(groups, channels)
+        .with_epsilon(eps)
+        .init(device)
 }
 
 /// CLIP's `quick_gelu`, x * sigmoid(1.702 x) (OpenAI CLIP, used by the SD1.x text tower).

@@ -2,8 +2,8 @@
 //! VAE), `Downsample2D` and `Upsample2D`.
 
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, Linear, LinearConfig, PaddingConfig2d};
 use burn::nn::conv::Conv2dConfig;
+use burn::nn::{GroupNorm, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 

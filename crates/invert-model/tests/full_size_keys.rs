@@ -32,7 +32,11 @@ fn key_list(file: &str) -> BTreeMap<String, Vec<usize>> {
 }
 
 /// Compares the model's parameters, in checkpoint layout, with the key list after remapping.
-fn check(params: Vec<ParamInfo>, expected: BTreeMap<String, Vec<usize>>, to_burn: fn(&str) -> Option<String>) {
+fn check(
+    params: Vec<ParamInfo>,
+    expected: BTreeMap<String, Vec<usize>>,
+    to_burn: fn(&str) -> Option<String>,
+) {
     let expected: BTreeMap<String, (String, Vec<usize>)> = expected
         .into_iter()
         .filter_map(|(k, s)| to_burn(&k).map(|p| (p, (k, s))))
@@ -41,18 +45,30 @@ fn check(params: Vec<ParamInfo>, expected: BTreeMap<String, Vec<usize>>, to_burn
     for p in &params {
         // Compare in the checkpoint's layout: norms' weight/bias, Linear [out, in].
         let (torch_path, shape) = p.torch_layout();
-        let (key, want) = expected
-            .get(&torch_path)
-            .unwrap_or_else(|| panic!("model parameter {} ({torch_path}) is not in the checkpoint key list", p.path));
+        let (key, want) = expected.get(&torch_path).unwrap_or_else(|| {
+            panic!(
+                "model parameter {} ({torch_path}) is not in the checkpoint key list",
+                p.path
+            )
+        });
         assert_eq!(&shape, want, "shape of {key}");
         seen += 1;
     }
-    assert_eq!(seen, expected.len(), "every checkpoint key maps to a parameter");
+    assert_eq!(
+        seen,
+        expected.len(),
+        "every checkpoint key maps to a parameter"
+    );
 }
 
 fn config<C: burn::config::Config>(component: &str, defaults: C) -> C {
     let path = std::path::Path::new(component);
-    parse_config(path, &bundled_config(Family::Sd1, component).unwrap(), defaults).unwrap()
+    parse_config(
+        path,
+        &bundled_config(Family::Sd1, component).unwrap(),
+        defaults,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -69,11 +85,27 @@ fn sd15_architecture_matches_published_keys_and_counts() {
     let vae_params = parameters(&vae);
     assert_eq!(unet_params.len() + te_params.len() + vae_params.len(), 1130);
 
-    check(te_params, key_list("sd15-keys.text_encoder.txt"), clip_keys::to_burn_path);
-    check(unet_params, key_list("sd15-keys.unet.txt"), unet_keys::to_burn_path);
-    check(vae_params, key_list("sd15-keys.vae.txt"), vae_keys::to_burn_path);
+    check(
+        te_params,
+        key_list("sd15-keys.text_encoder.txt"),
+        clip_keys::to_burn_path,
+    );
+    check(
+        unet_params,
+        key_list("sd15-keys.unet.txt"),
+        unet_keys::to_burn_path,
+    );
+    check(
+        vae_params,
+        key_list("sd15-keys.vae.txt"),
+        vae_keys::to_burn_path,
+    );
 
-    let (n_te, n_unet, n_vae) = (parameter_count(&te), parameter_count(&unet), parameter_count(&vae));
+    let (n_te, n_unet, n_vae) = (
+        parameter_count(&te),
+        parameter_count(&unet),
+        parameter_count(&vae),
+    );
     assert_eq!(n_unet, 859_520_964);
     assert_eq!(n_te, 123_060_480);
     assert_eq!(n_vae, 83_653_863);

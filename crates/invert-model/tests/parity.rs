@@ -30,21 +30,62 @@ fn run(model: &StableDiffusion, g: &Golden, device: &Device) -> Outputs {
     );
     let posterior = model.vae.encode(g.f32("vae.image", device));
     let decoded = model.vae.decode(g.f32("vae.latent", device));
-    Outputs { last, penultimate, unet, mean: posterior.mean, logvar: posterior.logvar, decoded }
+    Outputs {
+        last,
+        penultimate,
+        unet,
+        mean: posterior.mean,
+        logvar: posterior.logvar,
+        decoded,
+    }
 }
 
 fn check_golden(name: &str, out: &Outputs, g: &Golden, device: &Device) {
-    assert_close(&format!("{name} text last_hidden_state"), out.last.clone(), g.f32("te.last_hidden_state", device), TOL);
-    assert_close(&format!("{name} text penultimate"), out.penultimate.clone(), g.f32("te.penultimate", device), TOL);
-    assert_close(&format!("{name} unet noise prediction"), out.unet.clone(), g.f32("unet.out", device), TOL);
-    assert_close(&format!("{name} vae posterior mean"), out.mean.clone(), g.f32("vae.mean", device), TOL);
-    assert_close(&format!("{name} vae posterior logvar"), out.logvar.clone(), g.f32("vae.logvar", device), TOL);
-    assert_close(&format!("{name} vae decode"), out.decoded.clone(), g.f32("vae.decoded", device), TOL);
+    assert_close(
+        &format!("{name} text last_hidden_state"),
+        out.last.clone(),
+        g.f32("te.last_hidden_state", device),
+        TOL,
+    );
+    assert_close(
+        &format!("{name} text penultimate"),
+        out.penultimate.clone(),
+        g.f32("te.penultimate", device),
+        TOL,
+    );
+    assert_close(
+        &format!("{name} unet noise prediction"),
+        out.unet.clone(),
+        g.f32("unet.out", device),
+        TOL,
+    );
+    assert_close(
+        &format!("{name} vae posterior mean"),
+        out.mean.clone(),
+        g.f32("vae.mean", device),
+        TOL,
+    );
+    assert_close(
+        &format!("{name} vae posterior logvar"),
+        out.logvar.clone(),
+        g.f32("vae.logvar", device),
+        TOL,
+    );
+    assert_close(
+        &format!("{name} vae decode"),
+        out.decoded.clone(),
+        g.f32("vae.decoded", device),
+        TOL,
+    );
 }
 
 fn check_identical(a: &Outputs, b: &Outputs) {
     assert_identical("text last", a.last.clone(), b.last.clone());
-    assert_identical("text penultimate", a.penultimate.clone(), b.penultimate.clone());
+    assert_identical(
+        "text penultimate",
+        a.penultimate.clone(),
+        b.penultimate.clone(),
+    );
     assert_identical("unet", a.unet.clone(), b.unet.clone());
     assert_identical("vae mean", a.mean.clone(), b.mean.clone());
     assert_identical("vae logvar", a.logvar.clone(), b.logvar.clone());
@@ -63,15 +104,34 @@ fn sd1_fp16_folder_and_ckpt_match_diffusers() {
     let out = run(&folder, &g, &device);
     check_golden("sd1 folder (fp16 weights)", &out, &g, &device);
 
-    let options = LoadOptions { config_dir: Some(fixture("tiny-sd1")), ..Default::default() };
+    let options = LoadOptions {
+        config_dir: Some(fixture("tiny-sd1")),
+        ..Default::default()
+    };
     let single = load_with("tiny-sd1.ckpt", options.clone(), &device);
     let single_out = run(&single, &g, &device);
     check_identical(&out, &single_out);
 
     // The checkpoint's EMA weights differ; with use_ema they give diffusers' EMA output.
-    let ema = load_with("tiny-sd1.ckpt", LoadOptions { use_ema: true, ..options }, &device);
-    let ema_out = ema.unet.forward(g.f32("unet.sample", &device), g.timesteps("unet.timesteps", &device), g.f32("unet.context", &device));
-    assert_close("sd1 ckpt EMA unet", ema_out, g.f32("unet.out_ema", &device), TOL);
+    let ema = load_with(
+        "tiny-sd1.ckpt",
+        LoadOptions {
+            use_ema: true,
+            ..options
+        },
+        &device,
+    );
+    let ema_out = ema.unet.forward(
+        g.f32("unet.sample", &device),
+        g.timesteps("unet.timesteps", &device),
+        g.f32("unet.context", &device),
+    );
+    assert_close(
+        "sd1 ckpt EMA unet",
+        ema_out,
+        g.f32("unet.out_ema", &device),
+        TOL,
+    );
 }
 
 #[test]
@@ -79,11 +139,14 @@ fn sd2_folder_and_single_file_match_diffusers() {
     let device = Device::flex();
     let g = Golden::open("tiny-sd2");
     let folder = load_with("tiny-sd2", LoadOptions::default(), &device);
-    assert_eq!(folder.config.unet.upcast_attention, true);
+    assert!(folder.config.unet.upcast_attention);
     let out = run(&folder, &g, &device);
     check_golden("sd2 folder (f32, linear proj, gelu)", &out, &g, &device);
 
-    let options = LoadOptions { config_dir: Some(fixture("tiny-sd2")), ..Default::default() };
+    let options = LoadOptions {
+        config_dir: Some(fixture("tiny-sd2")),
+        ..Default::default()
+    };
     let single = load_with("tiny-sd2.safetensors", options, &device);
     check_identical(&out, &run(&single, &g, &device));
 }

@@ -106,7 +106,17 @@ fn info(args: InfoArgs) -> Result<()> {
         if report.unexpected.is_empty() {
             println!();
         } else {
-            println!(", {} unexpected keys ignored: {}", report.unexpected.len(), report.unexpected.iter().take(5).cloned().collect::<Vec<_>>().join(", "));
+            println!(
+                ", {} unexpected keys ignored: {}",
+                report.unexpected.len(),
+                report
+                    .unexpected
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
     }
     println!("loaded in {:.2} s", start.elapsed().as_secs_f64());

@@ -43,7 +43,11 @@ pub struct CLIPMLP {
 impl CLIPMLP {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.fc1.forward(x);
-        let h = if self.quick_gelu { quick_gelu(h) } else { gelu(h) };
+        let h = if self.quick_gelu {
+            quick_gelu(h)
+        } else {
+            gelu(h)
+        };
         self.fc2.forward(h)
     }
 }
@@ -172,7 +176,12 @@ impl CLIPTextModel {
     /// The conditioning SD uses: the output of the encoder after `skip - 1` final layers are
     /// skipped, through the final LayerNorm. `clip_skip = 1` is `last_hidden_state`; 2 is the
     /// penultimate layer (A1111's "clip skip 2", diffusers' `clip_skip=1`).
-    pub fn forward(&self, ids: Tensor<2, Int>, extra: Option<&Tensor<2>>, clip_skip: usize) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        ids: Tensor<2, Int>,
+        extra: Option<&Tensor<2>>,
+        clip_skip: usize,
+    ) -> Tensor<3> {
         let used = self.num_layers() + 1 - clip_skip.clamp(1, self.num_layers());
         let mut h = self.embed(ids, extra);
         for layer in &self.text_model.encoder.layers[..used] {

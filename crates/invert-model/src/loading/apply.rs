@@ -92,7 +92,8 @@ pub fn apply<M: Module + ModuleSnapshot>(
     let mut source_of = std::collections::HashMap::new();
     for a in assignments {
         let shape = source_shape(reader.as_ref(), &a.source)?;
-        let reader = reader.clone();
+        let shape_for_report = shape.clone();
+        let shared = reader.clone();
         let source = a.source.clone();
         let declared = Shape::from(shape.clone());
         tensors.push(burn::store::bridge::deferred(
@@ -101,39 +102,72 @@ pub fn apply<M: Module + ModuleSnapshot>(
             declared,
             None,
             move || {
-                let values = read_source(reader.as_ref(), &source)
+                let values = read_source(shared.as_ref(), &source)
                     .map_err(|e| burn::store::burn_pack::Error::ValidationError(e.to_string()))?;
                 Ok(TensorData::new(values, shape.clone()).convert_dtype(dtype))
             },
         ));
-        source_of.insert(a.path, a.source);
+        if let Some((other, _)) =
+            source_of.insert(a.path.clone(), (a.source.key.clone(), shape_for_report))
+        {
+            return Err(LoadError::Layout {
+                path: reader.path().to_path_buf(),
+                reason: format!(
+                    "tensors `{other}` and `{}` both fill `{}`; the file mixes two key layouts",
+                    a.source.key, a.path
+                ),
+            });
+        }
     }
     let result = module.apply(tensors, None, Some(Box::new(PyTorchToBurnAdapter)), true);
 
     let file = reader.path().to_path_buf();
     if let Some(err) = result.errors.first() {
         return Err(match err {
-            ApplyError::ShapeMismatch { path, expected, found } => {
-                let key = source_of.get(path).map(|s| s.key.clone()).unwrap_or_else(|| path.clone());
-                // burn stores Linear weights transposed; report both in the file's layout.
-                let transposed = found.num_dims() == 2 && expected.dims::<2>() == [found[1], found[0]];
+            ApplyError::ShapeMismatch { path, expected, .. } => {
+                let (key, found) = source_of
+                    .get(path)
+                    .cloned()
+                    .unwrap_or_else(|| (path.clone(), vec![]));
+                // burn stores Linear weights as [in, out]; report in the file's [out, in].
                 let mut expected: Vec<usize> = expected.iter().copied().collect();
-                let found: Vec<usize> = found.iter().copied().collect();
-                if found.len() == 2 && !transposed && is_linear_weight(path) {
+                if expected.len() == 2 && is_linear_weight(path) {
                     expected.reverse();
                 }
-                LoadError::ShapeMismatch { path: file, key, found, expected, family: family.to_string() }
+                LoadError::ShapeMismatch {
+                    path: file,
+                    key,
+                    found,
+                    expected,
+                    family: family.to_string(),
+                }
             }
-            other => LoadError::Layout { path: file, reason: format!("{other}") },
+            other => LoadError::Layout {
+                path: file,
+                reason: format!("{other}"),
+            },
         });
     }
     if !result.missing.is_empty() {
         let names: Vec<String> = result.missing.iter().map(|(p, _)| p.clone()).collect();
-        return Err(LoadError::MissingKeys { path: file, family: family.to_string(), keys: names });
+        return Err(LoadError::MissingKeys {
+            path: file,
+            family: family.to_string(),
+            keys: names,
+        });
     }
     Ok(LoadReport {
         applied: result.applied.len(),
-        unexpected: result.unused.iter().map(|p| source_of.get(p).map(|s| s.key.clone()).unwrap_or_else(|| p.clone())).collect(),
+        unexpected: result
+            .unused
+            .iter()
+            .map(|p| {
+                source_of
+                    .get(p)
+                    .map(|s| s.0.clone())
+                    .unwrap_or_else(|| p.clone())
+            })
+            .collect(),
     })
 }
 

@@ -12,7 +12,9 @@ use burn::store::ModuleSnapshot;
 use burn::tensor::DType;
 
 use super::apply::{Assignment, LoadReport, apply};
-use super::{Family, LoadError, LoadOptions, PipelineConfig, StableDiffusion, parse_configs, read_json};
+use super::{
+    Family, LoadError, LoadOptions, PipelineConfig, StableDiffusion, parse_configs, read_json,
+};
 use crate::keymap::KeySource;
 use crate::weights::TensorReader;
 use crate::weights::safetensors_file::{SafetensorsFile, TensorSet};
@@ -44,7 +46,11 @@ pub fn resolve_model_dir(path: &Path) -> PathBuf {
 /// The weights of one component folder. `stem` is `diffusion_pytorch_model` (U-Net, VAE) or
 /// `model` (text encoder). A requested variant is preferred; a folder holding only a variant
 /// (e.g. `*.fp16.safetensors`) is used as it is.
-pub fn open_component_weights(dir: &Path, stem: &str, variant: Option<&str>) -> Result<Arc<dyn TensorReader>, LoadError> {
+pub fn open_component_weights(
+    dir: &Path,
+    stem: &str,
+    variant: Option<&str>,
+) -> Result<Arc<dyn TensorReader>, LoadError> {
     let mut candidates: Vec<String> = Vec::new();
     if let Some(v) = variant {
         candidates.push(format!("{stem}.{v}.safetensors"));
@@ -57,12 +63,20 @@ pub fn open_component_weights(dir: &Path, stem: &str, variant: Option<&str>) -> 
         let mut others: Vec<String> = entries
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&format!("{stem}.")) && (n.ends_with(".safetensors") || n.ends_with(".json")) && n.contains("safetensors"))
+            .filter(|n| {
+                n.starts_with(&format!("{stem}."))
+                    && (n.ends_with(".safetensors") || n.ends_with(".json"))
+                    && n.contains("safetensors")
+            })
             .collect();
         others.sort();
         candidates.extend(others);
     }
-    let torch_stem = if stem == "model" { "pytorch_model" } else { stem };
+    let torch_stem = if stem == "model" {
+        "pytorch_model"
+    } else {
+        stem
+    };
     if let Some(v) = variant {
         candidates.push(format!("{torch_stem}.{v}.bin"));
     }
@@ -84,14 +98,20 @@ pub fn open_component_weights(dir: &Path, stem: &str, variant: Option<&str>) -> 
     }
     Err(LoadError::MissingComponent {
         path: dir.to_path_buf(),
-        component: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        component: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         detail: format!("no weights file: looked for {}", candidates.join(", ")),
     })
 }
 
 /// Assigns every tensor of a diffusers-layout file to the burn path `to_burn` gives it; tensors
 /// it maps to `None` (buffers such as `position_ids`) are skipped.
-pub fn assignments(reader: &dyn TensorReader, to_burn: fn(&str) -> Option<String>) -> Vec<Assignment> {
+pub fn assignments(
+    reader: &dyn TensorReader,
+    to_burn: fn(&str) -> Option<String>,
+) -> Vec<Assignment> {
     reader
         .names()
         .into_iter()
@@ -139,7 +159,11 @@ fn component_dir(root: &Path, name: &str) -> Result<PathBuf, LoadError> {
     }
 }
 
-pub fn load(path: &Path, options: &LoadOptions, device: &Device) -> Result<StableDiffusion, LoadError> {
+pub fn load(
+    path: &Path,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<StableDiffusion, LoadError> {
     let root = resolve_model_dir(path);
     let te_dir = component_dir(&root, "text_encoder")?;
     let unet_dir = component_dir(&root, "unet")?;
@@ -155,7 +179,11 @@ pub fn load(path: &Path, options: &LoadOptions, device: &Device) -> Result<Stabl
         (&vae_dir.join("config.json"), &vae_json),
     )?;
     let scheduler_path = root.join("scheduler").join("scheduler_config.json");
-    let scheduler = if scheduler_path.is_file() { read_json(&scheduler_path)? } else { serde_json::Value::Null };
+    let scheduler = if scheduler_path.is_file() {
+        read_json(&scheduler_path)?
+    } else {
+        serde_json::Value::Null
+    };
     let family = family_of(te_cfg.hidden_size, &scheduler);
     let desc = format!("a diffusers folder ({})", family.describe());
     let variant = options.variant.as_deref();

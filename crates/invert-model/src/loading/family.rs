@@ -56,10 +56,30 @@ impl Family {
 macro_rules! bundled {
     ($name:literal) => {
         [
-            ("text_encoder", include_str!(concat!("../../../../configs/", $name, "/text_encoder/config.json"))),
-            ("unet", include_str!(concat!("../../../../configs/", $name, "/unet/config.json"))),
-            ("vae", include_str!(concat!("../../../../configs/", $name, "/vae/config.json"))),
-            ("scheduler", include_str!(concat!("../../../../configs/", $name, "/scheduler/scheduler_config.json"))),
+            (
+                "text_encoder",
+                include_str!(concat!(
+                    "../../../../configs/",
+                    $name,
+                    "/text_encoder/config.json"
+                )),
+            ),
+            (
+                "unet",
+                include_str!(concat!("../../../../configs/", $name, "/unet/config.json")),
+            ),
+            (
+                "vae",
+                include_str!(concat!("../../../../configs/", $name, "/vae/config.json")),
+            ),
+            (
+                "scheduler",
+                include_str!(concat!(
+                    "../../../../configs/",
+                    $name,
+                    "/scheduler/scheduler_config.json"
+                )),
+            ),
         ]
     };
 }
@@ -78,14 +98,25 @@ pub fn bundled_config(family: Family, component: &str) -> Option<serde_json::Val
 
 /// Where a component's config file sits inside a `--config` folder.
 pub fn config_path(dir: &Path, component: &str) -> PathBuf {
-    let file = if component == "scheduler" { "scheduler_config.json" } else { "config.json" };
+    let file = if component == "scheduler" {
+        "scheduler_config.json"
+    } else {
+        "config.json"
+    };
     dir.join(component).join(file)
 }
 
 /// The family of an original checkpoint and the rule that decided it.
-pub fn detect(reader: &dyn TensorReader, keys: &[String], metadata: Option<&std::collections::HashMap<String, String>>, global_step: Option<i64>) -> Option<(Family, String)> {
+pub fn detect(
+    reader: &dyn TensorReader,
+    keys: &[String],
+    metadata: Option<&std::collections::HashMap<String, String>>,
+    global_step: Option<i64>,
+) -> Option<(Family, String)> {
     let cross_width = [1, 2, 4].iter().find_map(|i| {
-        let key = format!("model.diffusion_model.input_blocks.{i}.1.transformer_blocks.0.attn2.to_k.weight");
+        let key = format!(
+            "model.diffusion_model.input_blocks.{i}.1.transformer_blocks.0.attn2.to_k.weight"
+        );
         reader.meta(&key).and_then(|m| m.shape.get(1).copied())
     });
     let layout = ldm_text_encoder_layout(keys);
@@ -95,26 +126,53 @@ pub fn detect(reader: &dyn TensorReader, keys: &[String], metadata: Option<&std:
         _ => return None,
     };
     if !sd2 {
-        return Some((Family::Sd1, "OpenAI CLIP text tower (cond_stage_model.transformer)".into()));
+        return Some((
+            Family::Sd1,
+            "OpenAI CLIP text tower (cond_stage_model.transformer)".into(),
+        ));
     }
     if let Some(pred) = metadata.and_then(|m| m.get("modelspec.prediction_type")) {
-        let fam = if pred.starts_with('v') { Family::Sd2V } else { Family::Sd2Base };
+        let fam = if pred.starts_with('v') {
+            Family::Sd2V
+        } else {
+            Family::Sd2Base
+        };
         return Some((fam, format!("metadata modelspec.prediction_type = {pred}")));
     }
     if keys.iter().any(|k| k == "v_pred") {
         return Some((Family::Sd2V, "the checkpoint's `v_pred` marker".into()));
     }
     if global_step == Some(875000) {
-        return Some((Family::Sd2Base, "global_step 875000 (the SD 2.x base release)".into()));
+        return Some((
+            Family::Sd2Base,
+            "global_step 875000 (the SD 2.x base release)".into(),
+        ));
     }
     // ComfyUI's test (model_detection.py): v-prediction models have a wider spread here.
     let probe = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias";
     if let Ok(values) = reader.read_f32(probe) {
         let n = values.len().max(1) as f64;
         let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-        let fam = if var.sqrt() > 0.09 { Family::Sd2V } else { Family::Sd2Base };
-        return Some((fam, format!("std of {probe} = {:.3} (ComfyUI's rule: > 0.09 means v-prediction)", var.sqrt())));
+        let var = values
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / (n - 1.0).max(1.0);
+        let fam = if var.sqrt() > 0.09 {
+            Family::Sd2V
+        } else {
+            Family::Sd2Base
+        };
+        return Some((
+            fam,
+            format!(
+                "std of {probe} = {:.3} (ComfyUI's rule: > 0.09 means v-prediction)",
+                var.sqrt()
+            ),
+        ));
     }
-    Some((Family::Sd2V, "no marker found; diffusers assumes 768-v for SD 2.x files".into()))
+    Some((
+        Family::Sd2V,
+        "no marker found; diffusers assumes 768-v for SD 2.x files".into(),
+    ))
 }

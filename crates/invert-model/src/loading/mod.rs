@@ -118,9 +118,15 @@ pub struct StableDiffusion {
 }
 
 /// Loads a diffusers folder, a Hugging Face cache snapshot or a single-file checkpoint.
-pub fn load(path: &Path, options: &LoadOptions, device: &Device) -> Result<StableDiffusion, LoadError> {
+pub fn load(
+    path: &Path,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<StableDiffusion, LoadError> {
     if !path.exists() {
-        return Err(LoadError::NotFound { path: path.to_path_buf() });
+        return Err(LoadError::NotFound {
+            path: path.to_path_buf(),
+        });
     }
     if path.is_dir() {
         diffusers_folder::load(path, options, device)
@@ -143,17 +149,29 @@ pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, LoadError> {
 /// Parses a diffusers/transformers `config.json`: fields it lacks take `defaults`' values (burn's
 /// `Config` deserialiser does not apply `#[config(default)]` to missing fields) and fields we
 /// do not model are ignored.
-pub fn parse_config<C: burn::config::Config>(path: &Path, json: &serde_json::Value, defaults: C) -> Result<C, LoadError> {
-    let bad = |reason: String| LoadError::Config { path: path.to_path_buf(), reason };
+pub fn parse_config<C: burn::config::Config>(
+    path: &Path,
+    json: &serde_json::Value,
+    defaults: C,
+) -> Result<C, LoadError> {
+    let bad = |reason: String| LoadError::Config {
+        path: path.to_path_buf(),
+        reason,
+    };
     let mut merged = serde_json::to_value(&defaults).map_err(|e| bad(e.to_string()))?;
-    let user = json.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
-    let target = merged.as_object_mut().expect("configs serialise to objects");
+    let user = json
+        .as_object()
+        .ok_or_else(|| bad("not a JSON object".into()))?;
+    let target = merged
+        .as_object_mut()
+        .expect("configs serialise to objects");
     for (k, v) in user {
         if target.contains_key(k) {
             target.insert(k.clone(), v.clone());
         }
     }
-    serde_json::from_value(merged).map_err(|e| bad(format!("not a config this model understands: {e}")))
+    serde_json::from_value(merged)
+        .map_err(|e| bad(format!("not a config this model understands: {e}")))
 }
 
 /// Parses a component config and checks that this implementation can build it.
@@ -163,15 +181,26 @@ pub(crate) fn parse_configs(
     vae: (&Path, &serde_json::Value),
 ) -> Result<(CLIPTextConfig, UNet2DConditionConfig, AutoencoderKLConfig), LoadError> {
     let te: CLIPTextConfig = parse_config(text_encoder.0, text_encoder.1, CLIPTextConfig::new())?;
-    let unet_cfg: UNet2DConditionConfig = parse_config(unet.0, unet.1, UNet2DConditionConfig::new(vec![], vec![], vec![]))?;
-    let vae_cfg: AutoencoderKLConfig = parse_config(vae.0, vae.1, AutoencoderKLConfig::new(vec![]))?;
+    let unet_cfg: UNet2DConditionConfig = parse_config(
+        unet.0,
+        unet.1,
+        UNet2DConditionConfig::new(vec![], vec![], vec![]),
+    )?;
+    let vae_cfg: AutoencoderKLConfig =
+        parse_config(vae.0, vae.1, AutoencoderKLConfig::new(vec![]))?;
     if let Some(why) = unet_cfg.unsupported() {
-        return Err(LoadError::Config { path: unet.0.to_path_buf(), reason: why });
+        return Err(LoadError::Config {
+            path: unet.0.to_path_buf(),
+            reason: why,
+        });
     }
     if let Some(why) = vae_cfg.unsupported() {
-        return Err(LoadError::Config { path: vae.0.to_path_buf(), reason: why });
+        return Err(LoadError::Config {
+            path: vae.0.to_path_buf(),
+            reason: why,
+        });
     }
-    if te.hidden_size % te.num_attention_heads != 0 {
+    if te.num_attention_heads == 0 || !te.hidden_size.is_multiple_of(te.num_attention_heads) {
         return Err(LoadError::Config {
             path: text_encoder.0.to_path_buf(),
             reason: format!(

@@ -33,7 +33,10 @@ pub fn sniff(path: &Path) -> Result<FileKind, LoadError> {
     let mut head = [0u8; 9];
     let n = std::fs::File::open(path)
         .and_then(|mut f| f.read(&mut head))
-        .map_err(|source| crate::weights::WeightError::Io { path: path.to_path_buf(), source })?;
+        .map_err(|source| crate::weights::WeightError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let head = &head[..n];
     if head.starts_with(b"PK\x03\x04") || head.starts_with(&[0x80]) {
         return Ok(FileKind::Torch);
@@ -67,43 +70,77 @@ impl Checkpoint {
                 let file = SafetensorsFile::open(path)?;
                 let metadata = Some(file.metadata().clone());
                 let keys = file.names();
-                Ok(Self { reader: Arc::new(file), prefix: String::new(), keys, metadata, global_step: None })
+                Ok(Self {
+                    reader: Arc::new(file),
+                    prefix: String::new(),
+                    keys,
+                    metadata,
+                    global_step: None,
+                })
             }
             FileKind::Torch => {
                 let file = TorchFile::open(path)?;
                 let names = file.names();
-                let prefix = if names.iter().any(|n| n.starts_with("state_dict.")) { "state_dict." } else { "" };
-                let keys = names.iter().filter_map(|n| n.strip_prefix(prefix)).map(String::from).collect();
+                let prefix = if names.iter().any(|n| n.starts_with("state_dict.")) {
+                    "state_dict."
+                } else {
+                    ""
+                };
+                let keys = names
+                    .iter()
+                    .filter_map(|n| n.strip_prefix(prefix))
+                    .map(String::from)
+                    .collect();
                 let global_step = file.int_value("global_step");
-                Ok(Self { reader: Arc::new(file), prefix: prefix.into(), keys, metadata: None, global_step })
+                Ok(Self {
+                    reader: Arc::new(file),
+                    prefix: prefix.into(),
+                    keys,
+                    metadata: None,
+                    global_step,
+                })
             }
         }
     }
 
     /// Burn assignments for a mapping's tensors, with unknown keys collected for the report.
-    fn assign(&self, mapping: LdmMapping, to_burn: fn(&str) -> Option<String>, unexpected: &mut Vec<String>) -> Vec<Assignment> {
+    fn assign(
+        &self,
+        mapping: LdmMapping,
+        to_burn: fn(&str) -> Option<String>,
+        unexpected: &mut Vec<String>,
+    ) -> Vec<Assignment> {
         unexpected.extend(mapping.unmapped);
         mapping
             .mapped
             .into_iter()
             .filter_map(|(diffusers_key, mut source)| {
                 source.key = format!("{}{}", self.prefix, source.key);
-                match to_burn(&diffusers_key) {
-                    Some(path) => Some(Assignment { path, source }),
-                    None => None,
-                }
+                to_burn(&diffusers_key).map(|path| Assignment { path, source })
             })
             .collect()
     }
 }
 
 fn layout_err(path: &Path, reason: String) -> LoadError {
-    LoadError::Layout { path: path.to_path_buf(), reason }
+    LoadError::Layout {
+        path: path.to_path_buf(),
+        reason,
+    }
 }
 
-pub fn load(path: &Path, options: &LoadOptions, device: &Device) -> Result<StableDiffusion, LoadError> {
+pub fn load(
+    path: &Path,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<StableDiffusion, LoadError> {
     let ckpt = Checkpoint::open(path)?;
-    let detected = family::detect(ckpt.reader.as_ref(), &ckpt.keys, ckpt.metadata.as_ref(), ckpt.global_step);
+    let detected = family::detect(
+        ckpt.reader.as_ref(),
+        &ckpt.keys,
+        ckpt.metadata.as_ref(),
+        ckpt.global_step,
+    );
 
     // Configs: the user's folder wins; else the detected family's published configs.
     let (family, why, configs) = match &options.config_dir {
@@ -114,14 +151,25 @@ pub fn load(path: &Path, options: &LoadOptions, device: &Device) -> Result<Stabl
                 if !p.is_file() {
                     return Err(LoadError::Config {
                         path: dir.clone(),
-                        reason: format!("--config folder has no {} (it needs text_encoder/, unet/ and vae/ config.json files)", p.display()),
+                        reason: format!(
+                            "--config folder has no {} (it needs text_encoder/, unet/ and vae/ config.json files)",
+                            p.display()
+                        ),
                     });
                 }
                 configs.push((p.clone(), read_json(&p)?));
             }
             let sched = config_path(dir, "scheduler");
-            let scheduler = if sched.is_file() { read_json(&sched)? } else { serde_json::Value::Null };
-            (Family::Custom, format!("configs from {}", dir.display()), (configs, scheduler))
+            let scheduler = if sched.is_file() {
+                read_json(&sched)?
+            } else {
+                serde_json::Value::Null
+            };
+            (
+                Family::Custom,
+                format!("configs from {}", dir.display()),
+                (configs, scheduler),
+            )
         }
         None => {
             let (family, why) = detected.clone().ok_or_else(|| {
@@ -135,9 +183,24 @@ pub fn load(path: &Path, options: &LoadOptions, device: &Device) -> Result<Stabl
             })?;
             let configs = ["text_encoder", "unet", "vae"]
                 .iter()
-                .map(|c| (Path::new("configs").join(family.config_name().unwrap_or("")).join(c).join("config.json"), bundled_config(family, c).expect("bundled")))
+                .map(|c| {
+                    (
+                        Path::new("configs")
+                            .join(family.config_name().unwrap_or(""))
+                            .join(c)
+                            .join("config.json"),
+                        bundled_config(family, c).expect("bundled"),
+                    )
+                })
                 .collect();
-            (family, why, (configs, bundled_config(family, "scheduler").expect("bundled")))
+            (
+                family,
+                why,
+                (
+                    configs,
+                    bundled_config(family, "scheduler").expect("bundled"),
+                ),
+            )
         }
     };
     let (configs, scheduler) = configs;
@@ -152,17 +215,41 @@ pub fn load(path: &Path, options: &LoadOptions, device: &Device) -> Result<Stabl
     };
 
     let mut unexpected = Vec::new();
-    let te_map = crate::clip::keys::clip_from_ldm(&ckpt.keys, te_cfg.num_hidden_layers).map_err(|e| layout_err(path, e))?;
-    let unet_map = crate::unet::keys::unet_from_ldm(&ckpt.keys, unet_cfg.layers_per_block, options.use_ema).map_err(|e| layout_err(path, e))?;
-    let vae_map = crate::vae::keys::vae_from_ldm(&ckpt.keys).map_err(|e| layout_err(path, e))?;
+    let mapping_err = |e: String| {
+        layout_err(
+            path,
+            format!(
+                "{e} (loading it as {desc}). If the checkpoint is another architecture, pass --config DIR with its diffusers config folder"
+            ),
+        )
+    };
+    let te_map = crate::clip::keys::clip_from_ldm(&ckpt.keys, te_cfg.num_hidden_layers)
+        .map_err(mapping_err)?;
+    let unet_map =
+        crate::unet::keys::unet_from_ldm(&ckpt.keys, unet_cfg.layers_per_block, options.use_ema)
+            .map_err(mapping_err)?;
+    let vae_map = crate::vae::keys::vae_from_ldm(&ckpt.keys).map_err(mapping_err)?;
     let te_a = ckpt.assign(te_map, crate::clip::keys::to_burn_path, &mut unexpected);
     let unet_a = ckpt.assign(unet_map, crate::unet::keys::to_burn_path, &mut unexpected);
     let vae_a = ckpt.assign(vae_map, crate::vae::keys::to_burn_path, &mut unexpected);
 
     let dtype = options.dtype;
-    let (text_encoder, mut te_report) = load_module(te_cfg.init(device), ckpt.reader.clone(), te_a, dtype, &desc)?;
-    let (unet, unet_report) = load_module(unet_cfg.init(device), ckpt.reader.clone(), unet_a, dtype, &desc)?;
-    let (vae, vae_report) = load_module(vae_cfg.init(device), ckpt.reader.clone(), vae_a, dtype, &desc)?;
+    let (text_encoder, mut te_report) =
+        load_module(te_cfg.init(device), ckpt.reader.clone(), te_a, dtype, &desc)?;
+    let (unet, unet_report) = load_module(
+        unet_cfg.init(device),
+        ckpt.reader.clone(),
+        unet_a,
+        dtype,
+        &desc,
+    )?;
+    let (vae, vae_report) = load_module(
+        vae_cfg.init(device),
+        ckpt.reader.clone(),
+        vae_a,
+        dtype,
+        &desc,
+    )?;
     te_report.unexpected.extend(unexpected);
 
     let family = match family {
@@ -173,8 +260,19 @@ pub fn load(path: &Path, options: &LoadOptions, device: &Device) -> Result<Stabl
         text_encoder,
         unet,
         vae,
-        config: PipelineConfig { text_encoder: te_cfg, unet: unet_cfg, vae: vae_cfg, scheduler, tokenizer_dir: None, family },
+        config: PipelineConfig {
+            text_encoder: te_cfg,
+            unet: unet_cfg,
+            vae: vae_cfg,
+            scheduler,
+            tokenizer_dir: None,
+            family,
+        },
         source: path.to_path_buf(),
-        reports: vec![("text_encoder".into(), te_report), ("unet".into(), unet_report), ("vae".into(), vae_report)],
+        reports: vec![
+            ("text_encoder".into(), te_report),
+            ("unet".into(), unet_report),
+            ("vae".into(), vae_report),
+        ],
     })
 }

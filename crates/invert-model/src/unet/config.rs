@@ -83,7 +83,9 @@ impl UNet2DConditionConfig {
             ));
         }
         if let Some(kind) = &self.addition_embed_type {
-            return Some(format!("addition_embed_type `{kind}` (SDXL-style models) is not supported"));
+            return Some(format!(
+                "addition_embed_type `{kind}` (SDXL-style models) is not supported"
+            ));
         }
         if let Some(kind) = &self.class_embed_type {
             return Some(format!("class_embed_type `{kind}` is not supported"));
@@ -113,11 +115,15 @@ impl UNet2DConditionConfig {
             ));
         }
         if self.transformer_layers_per_block.expand(n).is_none() {
-            return Some(format!("transformer_layers_per_block must be one value or {n} values"));
+            return Some(format!(
+                "transformer_layers_per_block must be one value or {n} values"
+            ));
         }
         for (c, h) in self.block_out_channels.iter().zip(self.heads().unwrap()) {
             if h == 0 || c % h != 0 {
-                return Some(format!("{c} channels cannot be split into {h} attention heads"));
+                return Some(format!(
+                    "{c} channels cannot be split into {h} attention heads"
+                ));
             }
             if c % self.norm_num_groups != 0 {
                 return Some(format!(

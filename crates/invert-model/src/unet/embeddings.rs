@@ -6,7 +6,12 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 
 /// `get_timestep_embedding(t, dim, flip_sin_to_cos, downscale_freq_shift)`, max period 10000.
-pub fn timestep_projection(t: Tensor<1>, dim: usize, flip_sin_to_cos: bool, freq_shift: f64) -> Tensor<2> {
+pub fn timestep_projection(
+    t: Tensor<1>,
+    dim: usize,
+    flip_sin_to_cos: bool,
+    freq_shift: f64,
+) -> Tensor<2> {
     let half = dim / 2;
     let device = t.device();
     let exponent = Tensor::<1, Int>::arange(0..half as i64, &device)

@@ -25,7 +25,13 @@ pub struct FeedForward {
 
 impl FeedForward {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [h, gate] = self.geglu.proj.forward(x).chunk(2, 2).try_into().expect("two halves");
+        let [h, gate] = self
+            .geglu
+            .proj
+            .forward(x)
+            .chunk(2, 2)
+            .try_into()
+            .expect("two halves");
         self.proj_out.forward(h * gelu(gate))
     }
 }
@@ -43,7 +49,10 @@ pub struct BasicTransformerBlock {
 impl BasicTransformerBlock {
     fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
         let x = x.clone() + self.attn1.forward(self.norm1.forward(x), None);
-        let x = x.clone() + self.attn2.forward(self.norm2.forward(x), Some(context.clone()));
+        let x = x.clone()
+            + self
+                .attn2
+                .forward(self.norm2.forward(x), Some(context.clone()));
         x.clone() + self.ff.forward(self.norm3.forward(x))
     }
 }

@@ -39,7 +39,10 @@ impl UNet2DConditionConfig {
         let ch = &self.block_out_channels;
         let n = ch.len();
         let heads = self.heads().expect("checked by unsupported()");
-        let layers = self.transformer_layers_per_block.expand(n).expect("checked");
+        let layers = self
+            .transformer_layers_per_block
+            .expand(n)
+            .expect("checked");
         let time_embed_dim = ch[0] * 4;
         let settings = BlockSettings {
             temb_channels: time_embed_dim,
@@ -105,13 +108,23 @@ impl UNet2DConditionModel {
     /// The time embedding of `timesteps` `[b]` (float, so fractional timesteps work).
     pub fn time_embed(&self, timesteps: Tensor<1>) -> Tensor<2> {
         let dtype = self.conv_in.weight.val().dtype();
-        let t = timestep_projection(timesteps, self.time_proj_dim, self.flip_sin_to_cos, self.freq_shift);
+        let t = timestep_projection(
+            timesteps,
+            self.time_proj_dim,
+            self.flip_sin_to_cos,
+            self.freq_shift,
+        );
         self.time_embedding.forward(t.cast(dtype))
     }
 
     /// Predicts noise (or v) for `sample` `[b, c, h, w]` at `timesteps` `[b]` given the text
     /// conditioning `context` `[b, 77, cross_attention_dim]`.
-    pub fn forward(&self, sample: Tensor<4>, timesteps: Tensor<1>, context: Tensor<3>) -> Tensor<4> {
+    pub fn forward(
+        &self,
+        sample: Tensor<4>,
+        timesteps: Tensor<1>,
+        context: Tensor<3>,
+    ) -> Tensor<4> {
         let temb = self.time_embed(timesteps);
         let mut h = self.conv_in.forward(sample);
         let mut skips = vec![h.clone()];

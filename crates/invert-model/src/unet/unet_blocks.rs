@@ -27,7 +27,13 @@ impl BlockSettings {
             .init(device)
     }
 
-    fn transformer(&self, channels: usize, heads: usize, layers: usize, device: &Device) -> Transformer2DModel {
+    fn transformer(
+        &self,
+        channels: usize,
+        heads: usize,
+        layers: usize,
+        device: &Device,
+    ) -> Transformer2DModel {
         Transformer2DModelConfig {
             channels,
             heads,
@@ -80,7 +86,11 @@ impl BlockShape {
     pub fn init_down(&self, s: &BlockSettings, device: &Device) -> DownBlock {
         let resnets = (0..self.num_layers)
             .map(|j| {
-                let cin = if j == 0 { self.in_channels } else { self.out_channels };
+                let cin = if j == 0 {
+                    self.in_channels
+                } else {
+                    self.out_channels
+                };
                 s.resnet(cin, self.out_channels, device)
             })
             .collect();
@@ -107,8 +117,16 @@ impl BlockShape {
     pub fn init_up(&self, s: &BlockSettings, device: &Device) -> UpBlock {
         let resnets = (0..self.num_layers)
             .map(|j| {
-                let skip = if j == self.num_layers - 1 { self.in_channels } else { self.out_channels };
-                let cin = if j == 0 { self.prev_output_channels } else { self.out_channels };
+                let skip = if j == self.num_layers - 1 {
+                    self.in_channels
+                } else {
+                    self.out_channels
+                };
+                let cin = if j == 0 {
+                    self.prev_output_channels
+                } else {
+                    self.out_channels
+                };
                 s.resnet(cin + skip, self.out_channels, device)
             })
             .collect();
@@ -125,7 +143,10 @@ impl BlockShape {
                     .collect(),
                 upsamplers,
             }),
-            None => UpBlock::Plain(UpBlock2D { resnets, upsamplers }),
+            None => UpBlock::Plain(UpBlock2D {
+                resnets,
+                upsamplers,
+            }),
         }
     }
 }
@@ -133,7 +154,12 @@ impl BlockShape {
 impl DownBlock {
     /// Returns the block output and the skip connections it adds (one per resnet, plus the
     /// downsampled output).
-    pub fn forward(&self, x: Tensor<4>, temb: &Tensor<2>, context: &Tensor<3>) -> (Tensor<4>, Vec<Tensor<4>>) {
+    pub fn forward(
+        &self,
+        x: Tensor<4>,
+        temb: &Tensor<2>,
+        context: &Tensor<3>,
+    ) -> (Tensor<4>, Vec<Tensor<4>>) {
         let (resnets, attentions, downsamplers): (_, &[Transformer2DModel], _) = match self {
             DownBlock::CrossAttn(b) => (&b.resnets, &b.attentions, &b.downsamplers),
             DownBlock::Plain(b) => (&b.resnets, &[], &b.downsamplers),

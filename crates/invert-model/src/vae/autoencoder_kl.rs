@@ -33,7 +33,11 @@ impl DiagonalGaussian {
 
     /// `mean + std * noise` with noise from the device's seeded generator.
     pub fn sample(&self) -> Tensor<4> {
-        let noise = Tensor::random(self.mean.shape(), Distribution::Normal(0.0, 1.0), &self.mean.device());
+        let noise = Tensor::random(
+            self.mean.shape(),
+            Distribution::Normal(0.0, 1.0),
+            &self.mean.device(),
+        );
         self.sample_with(noise)
     }
 
@@ -52,8 +56,12 @@ impl AutoencoderKLConfig {
         AutoencoderKL {
             encoder: Encoder::new(self, device),
             decoder: Decoder::new(self, device),
-            quant_conv: self.use_quant_conv.then(|| conv2d(2 * z, 2 * z, 1, 1, 0, device)),
-            post_quant_conv: self.use_post_quant_conv.then(|| conv2d(z, z, 1, 1, 0, device)),
+            quant_conv: self
+                .use_quant_conv
+                .then(|| conv2d(2 * z, 2 * z, 1, 1, 0, device)),
+            post_quant_conv: self
+                .use_post_quant_conv
+                .then(|| conv2d(z, z, 1, 1, 0, device)),
             scaling_factor: self.scaling_factor,
         }
     }

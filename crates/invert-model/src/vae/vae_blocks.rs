@@ -54,7 +54,11 @@ impl UNetMidBlock2D {
         };
         Self {
             resnets: vec![resnet(c, c, groups, device), resnet(c, c, groups, device)],
-            attentions: if add_attention { vec![attention.init(device)] } else { vec![] },
+            attentions: if add_attention {
+                vec![attention.init(device)]
+            } else {
+                vec![]
+            },
         }
     }
 

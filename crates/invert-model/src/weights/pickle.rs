@@ -16,6 +16,11 @@ use super::StoredDType;
 pub const MAX_NODES: usize = 1 << 22;
 /// Most dimensions a tensor may have.
 pub const MAX_DIMS: usize = 64;
+/// Most node references and bytes that opcodes may copy in total (bounds the work a small pickle
+/// can cause by calling allow-listed globals again and again on one large memoized value).
+pub const MAX_COPIED: usize = 1 << 24;
+/// Longest storage key (torch's are decimal numbers).
+pub const MAX_KEY: usize = 256;
 /// A view may repeat storage elements (stride 0, as `expand` makes) up to this many elements.
 pub const MAX_EXPANDED: usize = 1 << 24;
 const MAX_LINE: u64 = 1 << 20;
@@ -42,6 +47,8 @@ impl std::fmt::Display for PickleError {
         }
     }
 }
+
+impl std::error::Error for PickleError {}
 
 type Result<T> = std::result::Result<T, PickleError>;
 
@@ -70,71 +77,48 @@ pub enum Global {
     Inert(&'static str),
 }
 
-use StoredDType as D;
+use {Global as G, StoredDType as D};
+/// The globals a pickle may name. Nothing here is ever imported or called.
+#[rustfmt::skip]
 const ALLOWED: &[(&str, &str, Global)] = &[
-    ("collections", "OrderedDict", Global::OrderedDict),
-    (
-        "torch._utils",
-        "_rebuild_tensor_v2",
-        Global::RebuildTensorV2,
-    ),
-    ("torch._utils", "_rebuild_tensor", Global::RebuildTensor),
-    (
-        "torch._utils",
-        "_rebuild_parameter",
-        Global::RebuildParameter,
-    ),
-    (
-        "torch._utils",
-        "_rebuild_parameter_with_state",
-        Global::RebuildParameterWithState,
-    ),
-    ("torch", "DoubleStorage", Global::Storage(D::F64)),
-    ("torch", "FloatStorage", Global::Storage(D::F32)),
-    ("torch", "HalfStorage", Global::Storage(D::F16)),
-    ("torch", "BFloat16Storage", Global::Storage(D::BF16)),
-    ("torch", "LongStorage", Global::Storage(D::I64)),
-    ("torch", "IntStorage", Global::Storage(D::I32)),
-    ("torch", "ShortStorage", Global::Storage(D::I16)),
-    ("torch", "CharStorage", Global::Storage(D::I8)),
-    ("torch", "ByteStorage", Global::Storage(D::U8)),
-    ("torch", "BoolStorage", Global::Storage(D::Bool)),
-    ("torch", "UntypedStorage", Global::Storage(D::U8)),
-    ("torch.storage", "UntypedStorage", Global::Storage(D::U8)),
-    (
-        "torch.nn.modules.container",
-        "ParameterDict",
-        Global::ParameterDict,
-    ),
-    ("copyreg", "_reconstructor", Global::Reconstructor),
-    ("copy_reg", "_reconstructor", Global::Reconstructor),
-    ("builtins", "object", Global::Object),
-    ("__builtin__", "object", Global::Object),
-    ("builtins", "set", Global::Set),
-    ("__builtin__", "set", Global::Set),
-    ("builtins", "frozenset", Global::Set),
-    ("__builtin__", "frozenset", Global::Set),
-    ("_codecs", "encode", Global::Encode),
-    ("torch", "device", Global::Inert("torch.device")),
-    (
-        "pytorch_lightning.callbacks.model_checkpoint",
-        "ModelCheckpoint",
-        Global::Inert("ModelCheckpoint"),
-    ),
-    (
-        "numpy.core.multiarray",
-        "scalar",
-        Global::Inert("numpy scalar"),
-    ),
-    (
-        "numpy._core.multiarray",
-        "scalar",
-        Global::Inert("numpy scalar"),
-    ),
-    ("numpy", "dtype", Global::Inert("numpy.dtype")),
-    ("torch._tensor", "_rebuild_from_type_v2", Global::RebuildFromType),
-    ("torch", "Tensor", Global::Inert("torch.Tensor")),
-    ("torch.nn.parameter", "Parameter", Global::Inert("torch.nn.Parameter")),
+    // Tensors, parameters and their storages.
+    ("torch._utils", "_rebuild_tensor_v2", G::RebuildTensorV2),
+    ("torch._utils", "_rebuild_tensor", G::RebuildTensor),
+    ("torch._utils", "_rebuild_parameter", G::RebuildParameter),
+    ("torch._utils", "_rebuild_parameter_with_state", G::RebuildParameterWithState),
+    ("torch._tensor", "_rebuild_from_type_v2", G::RebuildFromType),
+    ("torch", "Tensor", G::Inert("torch.Tensor")),
+    ("torch.nn.parameter", "Parameter", G::Inert("torch.nn.Parameter")),
+    ("torch", "DoubleStorage", G::Storage(D::F64)),
+    ("torch", "FloatStorage", G::Storage(D::F32)),
+    ("torch", "HalfStorage", G::Storage(D::F16)),
+    ("torch", "BFloat16Storage", G::Storage(D::BF16)),
+    ("torch", "LongStorage", G::Storage(D::I64)),
+    ("torch", "IntStorage", G::Storage(D::I32)),
+    ("torch", "ShortStorage", G::Storage(D::I16)),
+    ("torch", "CharStorage", G::Storage(D::I8)),
+    ("torch", "ByteStorage", G::Storage(D::U8)),
+    ("torch", "BoolStorage", G::Storage(D::Bool)),
+    ("torch", "UntypedStorage", G::Storage(D::U8)),
+    ("torch.storage", "UntypedStorage", G::Storage(D::U8)),
+    // Containers, and what pickle protocol 2 uses to rebuild objects, sets and bytes.
+    ("collections", "OrderedDict", G::OrderedDict),
+    ("torch.nn.modules.container", "ParameterDict", G::ParameterDict),
+    ("copyreg", "_reconstructor", G::Reconstructor),
+    ("copy_reg", "_reconstructor", G::Reconstructor),
+    ("builtins", "object", G::Object),
+    ("__builtin__", "object", G::Object),
+    ("builtins", "set", G::Set),
+    ("__builtin__", "set", G::Set),
+    ("builtins", "frozenset", G::Set),
+    ("__builtin__", "frozenset", G::Set),
+    ("_codecs", "encode", G::Encode),
+    // Inert data in real checkpoints (Lightning .ckpt files): kept as opaque objects.
+    ("torch", "device", G::Inert("torch.device")),
+    ("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint", G::Inert("ModelCheckpoint")),
+    ("numpy.core.multiarray", "scalar", G::Inert("numpy scalar")),
+    ("numpy._core.multiarray", "scalar", G::Inert("numpy scalar")),
+    ("numpy", "dtype", G::Inert("numpy.dtype")),
 ];
 
 /// Looks a global up in the allow-list.
@@ -246,6 +230,27 @@ pub enum Value {
         class: Global,
         state: Option<NodeId>,
     },
+}
+
+impl Value {
+    /// The value's Python type, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::None => "None",
+            Value::Bool(_) => "bool",
+            Value::Int(_) | Value::BigInt(_) => "int",
+            Value::Float(_) => "float",
+            Value::Str(_) => "str",
+            Value::Bytes(_) => "bytes",
+            Value::List(_) => "list",
+            Value::Tuple(_) => "tuple",
+            Value::Dict(_) => "dict",
+            Value::Global(_) => "global",
+            Value::Storage(_) => "storage",
+            Value::Tensor(_) => "tensor",
+            Value::Object { .. } => "object",
+        }
+    }
 }
 
 /// The result of interpreting one pickle.

@@ -69,19 +69,26 @@ impl SafetensorsFile {
         let file = File::open(path).map_err(|e| io(path, e))?;
         let file_len = file.metadata().map_err(|e| io(path, e))?.len();
         if file_len < 8 {
-            return Err(corrupt(path, format!("{file_len} bytes is too short for a safetensors file (truncated?)")));
+            return Err(corrupt(
+                path,
+                format!("{file_len} bytes is too short for a safetensors file (truncated?)"),
+            ));
         }
         let mut len_bytes = [0u8; 8];
-        file.read_exact_at(&mut len_bytes, 0).map_err(|e| io(path, e))?;
+        file.read_exact_at(&mut len_bytes, 0)
+            .map_err(|e| io(path, e))?;
         let header_len = u64::from_le_bytes(len_bytes);
         if header_len > MAX_HEADER || header_len > file_len - 8 {
             return Err(corrupt(
                 path,
-                format!("header length {header_len} does not fit in a {file_len}-byte file: not a safetensors file, or truncated"),
+                format!(
+                    "header length {header_len} does not fit in a {file_len}-byte file: not a safetensors file, or truncated"
+                ),
             ));
         }
         let mut header = vec![0u8; header_len as usize];
-        file.read_exact_at(&mut header, 8).map_err(|e| io(path, e))?;
+        file.read_exact_at(&mut header, 8)
+            .map_err(|e| io(path, e))?;
         let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
             .map_err(|e| corrupt(path, format!("header is not valid JSON: {e}")))?;
         let data_start = 8 + header_len;
@@ -101,9 +108,15 @@ impl SafetensorsFile {
                 continue;
             }
             let bad = |why: &str| corrupt(path, format!("tensor `{name}`: {why}"));
-            let obj = value.as_object().ok_or_else(|| bad("header entry is not an object"))?;
-            let dtype_str = obj.get("dtype").and_then(|v| v.as_str()).ok_or_else(|| bad("no dtype"))?;
-            let dtype = parse_dtype(dtype_str).ok_or_else(|| bad(&format!("unsupported dtype {dtype_str}")))?;
+            let obj = value
+                .as_object()
+                .ok_or_else(|| bad("header entry is not an object"))?;
+            let dtype_str = obj
+                .get("dtype")
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| bad("no dtype"))?;
+            let dtype = parse_dtype(dtype_str)
+                .ok_or_else(|| bad(&format!("unsupported dtype {dtype_str}")))?;
             let shape = obj
                 .get("shape")
                 .and_then(|v| v.as_array())
@@ -145,11 +158,17 @@ impl SafetensorsFile {
             );
         }
         // Overlapping ranges mean a forged header; the format forbids them.
-        let mut ranges: Vec<(u64, u64, &str)> = entries.iter().map(|(n, e)| (e.start, e.end, n.as_str())).collect();
+        let mut ranges: Vec<(u64, u64, &str)> = entries
+            .iter()
+            .map(|(n, e)| (e.start, e.end, n.as_str()))
+            .collect();
         ranges.sort();
         for pair in ranges.windows(2) {
             if pair[1].0 < pair[0].1 {
-                return Err(corrupt(path, format!("tensors `{}` and `{}` overlap", pair[0].2, pair[1].2)));
+                return Err(corrupt(
+                    path,
+                    format!("tensors `{}` and `{}` overlap", pair[0].2, pair[1].2),
+                ));
             }
         }
         Ok(Self {
@@ -167,12 +186,17 @@ impl SafetensorsFile {
 
     /// Raw little-endian bytes of one tensor.
     pub fn read_bytes(&self, name: &str) -> Result<Vec<u8>, WeightError> {
-        let e = self.entries.get(name).ok_or_else(|| WeightError::NoSuchTensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-        })?;
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| WeightError::NoSuchTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?;
         let mut buf = vec![0u8; (e.end - e.start) as usize];
-        self.file.read_exact_at(&mut buf, e.start).map_err(|err| io(&self.path, err))?;
+        self.file
+            .read_exact_at(&mut buf, e.start)
+            .map_err(|err| io(&self.path, err))?;
         Ok(buf)
     }
 }
@@ -188,10 +212,14 @@ impl TensorReader for SafetensorsFile {
         self.entries.get(name).map(|e| &e.meta)
     }
     fn read_f32(&self, name: &str) -> Result<Vec<f32>, WeightError> {
-        let meta = &self.entries.get(name).ok_or_else(|| WeightError::NoSuchTensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-        })?.meta;
+        let meta = &self
+            .entries
+            .get(name)
+            .ok_or_else(|| WeightError::NoSuchTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?
+            .meta;
         let bytes = self.read_bytes(name)?;
         convert::bytes_to_f32(&bytes, meta.dtype).ok_or_else(|| WeightError::NotFloat {
             path: self.path.clone(),
@@ -226,26 +254,36 @@ impl TensorSet {
                 }
             }
         }
-        Ok(Self { path, readers, owner })
+        Ok(Self {
+            path,
+            readers,
+            owner,
+        })
     }
 
     /// Opens a sharded safetensors checkpoint from its `*.safetensors.index.json`.
     pub fn open_index(index: &Path) -> Result<Self, WeightError> {
         let text = std::fs::read_to_string(index).map_err(|e| io(index, e))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| corrupt(index, format!("not valid JSON: {e}")))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| corrupt(index, format!("not valid JSON: {e}")))?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| corrupt(index, "no `weight_map` object"))?;
         let dir = index.parent().unwrap_or(Path::new("."));
-        let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
         files.sort();
         files.dedup();
         let mut readers: Vec<Arc<dyn TensorReader>> = Vec::new();
         for f in &files {
             if f.contains("..") || f.starts_with('/') {
-                return Err(corrupt(index, format!("shard name `{f}` leaves the folder")));
+                return Err(corrupt(
+                    index,
+                    format!("shard name `{f}` leaves the folder"),
+                ));
             }
             readers.push(Arc::new(SafetensorsFile::open(&dir.join(f))?));
         }
@@ -270,7 +308,9 @@ impl TensorReader for TensorSet {
         self.owner.keys().cloned().collect()
     }
     fn meta(&self, name: &str) -> Option<&TensorMeta> {
-        self.owner.get(name).and_then(|&i| self.readers[i].meta(name))
+        self.owner
+            .get(name)
+            .and_then(|&i| self.readers[i].meta(name))
     }
     fn read_f32(&self, name: &str) -> Result<Vec<f32>, WeightError> {
         match self.owner.get(name) {

@@ -21,7 +21,7 @@ use zip::ZipArchive;
 
 use super::pickle::{Pickle, PickleError};
 use super::{StoredDType, TensorMeta, TensorReader, WeightError};
-use flatten::Flat;
+use flatten::flatten;
 use layout::{read_legacy, read_zip};
 
 /// The legacy format's first pickle: `0x1950a86a20f9469cfc6c`, as LONG1's little-endian bytes.
@@ -144,21 +144,22 @@ impl TorchFile {
                 ));
             }
         }
-        let mut flat = Flat {
-            pickle,
-            budget: pickle.len().saturating_mul(4).saturating_add(1024),
-            tensors: BTreeMap::new(),
-            ints: BTreeMap::new(),
-            strs: BTreeMap::new(),
-        };
-        flat.walk(pickle.root, "", 0)
-            .map_err(|r| corrupt(path, r))?;
+        let flat = flatten(pickle).map_err(|r| corrupt(path, r))?;
         let mut tensors = BTreeMap::new();
         for (name, t) in flat.tensors {
+            // The view was checked against its storage's element count, which fits in `loc`.
             let es = t.dtype.size();
-            let (byte_start, byte_len) = (t.offset as u64 * es as u64, t.len * es);
-            // The view was checked against the storage's element count, which fits in `loc`.
-            let loc = locs[&t.key].clone();
+            let byte_len = t.len.checked_mul(es);
+            let byte_start = (t.offset as u64)
+                .checked_mul(es as u64)
+                .filter(|_| t.len > 0);
+            let (Some(loc), Some(byte_len)) = (locs.get(&t.key), byte_len) else {
+                return Err(corrupt(
+                    path,
+                    format!("tensor `{name}` has no readable storage"),
+                ));
+            };
+            let (loc, byte_start) = (loc.clone(), byte_start.unwrap_or(0));
             let meta = TensorMeta {
                 dtype: t.dtype,
                 shape: t.shape.clone(),

@@ -7,18 +7,23 @@
 use std::path::PathBuf;
 
 use burn::prelude::*;
-use invert_model::weights::safetensors_file::SafetensorsFile;
 use invert_model::weights::TensorReader;
+use invert_model::weights::safetensors_file::SafetensorsFile;
 
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
 pub struct Golden(SafetensorsFile);
 
 impl Golden {
     pub fn open(name: &str) -> Self {
-        Golden(SafetensorsFile::open(&fixture(&format!("golden/{name}.safetensors"))).expect("golden file"))
+        Golden(
+            SafetensorsFile::open(&fixture(&format!("golden/{name}.safetensors")))
+                .expect("golden file"),
+        )
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -26,15 +31,26 @@ impl Golden {
     }
 
     pub fn f32<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D> {
-        let meta = self.0.meta(name).unwrap_or_else(|| panic!("golden tensor {name}")).clone();
+        let meta = self
+            .0
+            .meta(name)
+            .unwrap_or_else(|| panic!("golden tensor {name}"))
+            .clone();
         let values = self.0.read_f32(name).unwrap();
         Tensor::from_data(TensorData::new(values, meta.shape), device)
     }
 
     pub fn i64(&self, name: &str) -> (Vec<i64>, Vec<usize>) {
-        let meta = self.0.meta(name).unwrap_or_else(|| panic!("golden tensor {name}")).clone();
+        let meta = self
+            .0
+            .meta(name)
+            .unwrap_or_else(|| panic!("golden tensor {name}"))
+            .clone();
         let bytes = self.0.read_bytes(name).unwrap();
-        let v = bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+        let v = bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         (v, meta.shape)
     }
 
@@ -61,7 +77,10 @@ pub fn scaled_max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
 pub fn assert_close<const D: usize>(what: &str, a: Tensor<D>, b: Tensor<D>, tol: f32) {
     let d = scaled_max_diff(a, b);
     println!("{what}: max scaled |diff| = {d:.3e}");
-    assert!(d <= tol, "{what}: max scaled |diff| {d:.3e} exceeds {tol:.0e}");
+    assert!(
+        d <= tol,
+        "{what}: max scaled |diff| {d:.3e} exceeds {tol:.0e}"
+    );
 }
 
 pub fn assert_identical<const D: usize>(what: &str, a: Tensor<D>, b: Tensor<D>) {

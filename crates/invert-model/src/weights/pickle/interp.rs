@@ -6,8 +6,8 @@ use std::io::BufRead;
 use super::input::{Input, py_str, small_int, unescape};
 
 use super::{
-    Global, MAX_DIMS, MAX_NODES, NodeId, Pickle, PickleError, Result, StorageRef, StoredDType,
-    TensorRef, Value, invalid, resolve_global,
+    Global, MAX_COPIED, MAX_DIMS, MAX_KEY, MAX_NODES, NodeId, Pickle, PickleError, Result,
+    StorageRef, StoredDType, TensorRef, Value, invalid, resolve_global,
 };
 
 #[derive(Default)]
@@ -16,6 +16,8 @@ struct Machine {
     stack: Vec<NodeId>,
     marks: Vec<usize>,
     memo: HashMap<u64, NodeId>,
+    /// Node references and bytes copied so far, see [`MAX_COPIED`].
+    copied: usize,
     storages: BTreeMap<String, (StoredDType, usize)>,
 }
 
@@ -82,6 +84,9 @@ impl Machine {
             .marks
             .pop()
             .ok_or_else(|| PickleError::Invalid("no MARK on the stack".into()))?;
+        if m > self.stack.len() {
+            return invalid("stack underflow");
+        }
         Ok(self.stack.split_off(m))
     }
     fn get(&mut self, i: u64) -> Result<()> {
@@ -99,7 +104,7 @@ impl Machine {
     fn str_of(&self, id: NodeId) -> Result<&str> {
         match &self.nodes[id] {
             Value::Str(s) => Ok(s),
-            v => invalid(format!("expected a string, got {v:?}")),
+            v => invalid(format!("expected a string, got {}", v.kind())),
         }
     }
     fn usize_of(&self, id: NodeId) -> Result<usize> {
@@ -107,22 +112,36 @@ impl Machine {
             Value::Int(i) => {
                 usize::try_from(i).or_else(|_| invalid(format!("expected a size, got {i}")))
             }
-            ref v => invalid(format!("expected an integer, got {v:?}")),
+            ref v => invalid(format!("expected an integer, got {}", v.kind())),
         }
     }
     fn seq_of(&self, id: NodeId) -> Result<&[NodeId]> {
         match &self.nodes[id] {
             Value::Tuple(v) | Value::List(v) => Ok(v),
-            v => invalid(format!("expected a tuple or list, got {v:?}")),
+            v => invalid(format!("expected a tuple or list, got {}", v.kind())),
         }
     }
     fn global_of(&self, id: NodeId) -> Result<Global> {
         match self.nodes[id] {
             Value::Global(g) => Ok(g),
             ref v => invalid(format!(
-                "only allow-listed globals can be called, got {v:?}"
+                "only allow-listed globals can be called, got {}",
+                v.kind()
             )),
         }
+    }
+    /// Accounts for copying `n` node references or bytes.
+    fn charge(&mut self, n: usize) -> Result<()> {
+        self.copied = self.copied.saturating_add(n);
+        if self.copied > MAX_COPIED {
+            return invalid(format!("the pickle copies more than {MAX_COPIED} values"));
+        }
+        Ok(())
+    }
+    fn copy_seq(&mut self, id: NodeId) -> Result<Vec<NodeId>> {
+        let n = self.seq_of(id)?.len();
+        self.charge(n)?;
+        Ok(self.seq_of(id)?.to_vec())
     }
     fn sizes(&self, id: NodeId) -> Result<Vec<usize>> {
         let ids = self.seq_of(id)?;
@@ -148,6 +167,7 @@ impl Machine {
             Global::OrderedDict => {
                 let mut pairs = Vec::new();
                 if let Some(&items) = args.first() {
+                    self.charge(self.seq_of(items)?.len())?;
                     for &kv in self.seq_of(items)? {
                         match self.seq_of(kv)? {
                             &[k, v] => pairs.push((k, v)),
@@ -158,7 +178,7 @@ impl Machine {
                 Value::Dict(pairs)
             }
             Global::Set => Value::List(match args.first() {
-                Some(&a) => self.seq_of(a)?.to_vec(),
+                Some(&a) => self.copy_seq(a)?,
                 None => Vec::new(),
             }),
             Global::RebuildTensorV2 | Global::RebuildTensor => {
@@ -184,7 +204,7 @@ impl Machine {
             }
             // (func, new_type, args, state): the tensor `func(*args)`; the type is only a label.
             Global::RebuildFromType => {
-                let (func, args) = (arg(0)?, self.seq_of(arg(2)?)?.to_vec());
+                let (func, args) = (arg(0)?, self.copy_seq(arg(2)?)?);
                 if self.global_of(func)? == Global::RebuildFromType {
                     return invalid("nested _rebuild_from_type_v2");
                 }
@@ -196,6 +216,7 @@ impl Machine {
                 state: None,
             },
             Global::Encode => {
+                self.charge(self.str_of(arg(0)?)?.len())?;
                 let chars = self
                     .str_of(arg(0)?)?
                     .chars()
@@ -218,7 +239,7 @@ impl Machine {
     /// torch's persistent ids: `('storage', type, key, location, numel[, view])` and, in the
     /// legacy format, `('module', class, source_file, source)`.
     fn persistent(&mut self, pid: NodeId) -> Result<()> {
-        let parts = self.seq_of(pid)?.to_vec();
+        let parts = self.copy_seq(pid)?;
         let kind = match parts.first() {
             Some(&k) => self.str_of(k)?,
             None => return invalid("empty persistent id"),
@@ -234,6 +255,9 @@ impl Machine {
             return invalid("persistent id names a storage type that is not a storage");
         };
         let (key, numel) = (self.str_of(parts[2])?.to_owned(), self.usize_of(parts[4])?);
+        if key.len() > MAX_KEY {
+            return invalid(format!("storage key longer than {MAX_KEY} bytes"));
+        }
         let view = match parts.get(5).map(|&v| (v, &self.nodes[v])) {
             None | Some((_, Value::None)) => None,
             Some((v, _)) => match *self.seq_of(v)? {
@@ -277,6 +301,7 @@ impl Machine {
                 }
             }
             0x95 => drop(inp.u64()?), // FRAME: only a read-ahead hint
+            b'(' if self.marks.len() >= MAX_NODES => return invalid("too many MARKs"),
             b'(' => self.marks.push(self.stack.len()),
             b'0' => drop(self.pop()?),
             b'1' => drop(self.pop_mark()?),
@@ -447,7 +472,7 @@ impl Machine {
                 }
                 let args = self.pop()?;
                 let f = self.pop()?;
-                let args = self.seq_of(args)?.to_vec();
+                let args = self.copy_seq(args)?;
                 self.call(f, &args)?
             }
             b'b' => {

@@ -423,3 +423,55 @@ fn every_truncation_and_random_garbage_fails_cleanly() {
         let _ = run(&mutated);
     }
 }
+
+#[test]
+fn repeated_copies_of_one_big_value_are_bounded() {
+    // A 100k-entry list, then set(list) 200 times: 20M copied references.
+    let mut p = P::new().op(b"Nq\x000]q\x01(");
+    p = p.op(&b"h\x00".repeat(100_000)).op(b"e0");
+    for _ in 0..200 {
+        p = p.global("__builtin__", "set").op(b"h\x01\x85R0");
+    }
+    assert!(invalid_reason(&p.op(b"N").stop()).contains("copies more than"));
+    let key = "9".repeat(MAX_KEY + 1);
+    let p = P::new()
+        .tensor(("FloatStorage", &key, 1), 0, &[1], &[1])
+        .stop();
+    assert!(invalid_reason(&p).contains("storage key longer"));
+}
+
+#[test]
+fn protocol_2_bytes_sets_and_inert_objects() {
+    let p = P::new()
+        .op(b"(")
+        .global("_codecs", "encode")
+        .str("a\u{ff}")
+        .str("latin1")
+        .op(b"\x86R")
+        .global("builtins", "set")
+        .op(b"](K\x01K\x02e\x85R")
+        .global("torch", "device")
+        .str("cuda:0")
+        .op(b"\x85R")
+        .op(b"l")
+        .stop();
+    let pk = run(&p).unwrap();
+    let Value::List(items) = pk.value(pk.root) else {
+        panic!()
+    };
+    assert_eq!(pk.value(items[0]), &Value::Bytes(vec![b'a', 0xff]));
+    assert!(matches!(pk.value(items[1]), Value::List(v) if v.len() == 2));
+    assert!(matches!(
+        pk.value(items[2]),
+        Value::Object {
+            class: Global::Inert(_),
+            ..
+        }
+    ));
+    let p = P::new()
+        .global("_codecs", "encode")
+        .str("\u{100}")
+        .op(b"\x85R")
+        .stop();
+    assert!(invalid_reason(&p).contains("non-latin1"));
+}

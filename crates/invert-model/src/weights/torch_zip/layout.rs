@@ -11,6 +11,11 @@ use super::super::WeightError;
 use super::super::pickle::{self, Pickle, Value};
 use super::{LEGACY_MAGIC, LEGACY_PROTOCOL, Loc, corrupt, io_err, pickle_err};
 
+/// Deflate expands at most ~1032x: an entry claiming more is lying about its size.
+fn max_inflated(compressed: u64) -> u64 {
+    compressed.saturating_mul(1100).saturating_add(1024)
+}
+
 pub(super) fn read_zip(
     path: &Path,
     file: File,
@@ -44,7 +49,8 @@ pub(super) fn read_zip(
     }
     let pickle = {
         let entry = zip.by_name(&pkl).map_err(zip_err)?;
-        pickle::parse(&mut BufReader::new(entry)).map_err(|e| pickle_err(path, e))?
+        let most = max_inflated(entry.compressed_size());
+        pickle::parse(&mut BufReader::new(entry.take(most))).map_err(|e| pickle_err(path, e))?
     };
     let mut locs = BTreeMap::new();
     for key in pickle.storages.keys() {
@@ -74,10 +80,7 @@ pub(super) fn read_zip(
                     format!("zip entry `{name}` runs past the end of the file"),
                 ));
             }
-            // Deflate expands at most ~1032x; anything claiming more is lying about its size.
-            CompressionMethod::Deflated
-                if len <= packed.saturating_mul(1100).saturating_add(1024) =>
-            {
+            CompressionMethod::Deflated if len <= max_inflated(packed) => {
                 Loc::Deflated { entry: name, len }
             }
             m => {
@@ -110,10 +113,10 @@ pub(super) fn read_legacy(
     if !matches!(version.value(version.root), Value::Int(LEGACY_PROTOCOL)) {
         return Err(corrupt(
             path,
-            format!(
-                "unsupported legacy torch protocol {:?}",
-                version.value(version.root)
-            ),
+            match version.value(version.root) {
+                Value::Int(v) => format!("unsupported legacy torch protocol {v}"),
+                v => format!("legacy torch protocol is a {}, not an int", v.kind()),
+            },
         ));
     }
     let sys = next()?;

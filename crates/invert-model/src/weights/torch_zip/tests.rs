@@ -215,12 +215,15 @@ fn truncated_or_corrupted_fixtures_fail_cleanly() {
         let path = tmp.path(name);
         // Every cut near the start and the end, a sample in between.
         let len = bytes.len();
-        let cuts = (0..len).step_by(len / 300 + 1).chain(0..200).chain(len - 200..len);
+        let cuts = (0..len)
+            .step_by(len / 300 + 1)
+            .chain(0..200)
+            .chain(len - 200..len);
         for n in cuts {
             std::fs::write(&path, &bytes[..n]).unwrap();
             assert!(TorchFile::open(&path).is_err(), "{name} cut at {n} opened");
         }
-        let step = len / 600 + 1;
+        let step = len / 150 + 1;
         for at in (0..len).step_by(step) {
             let mut bad = bytes.clone();
             bad[at] ^= 0xa5;
@@ -327,6 +330,13 @@ fn hostile_object_trees_are_refused() {
     }
     let r = reason(TorchFile::open(
         &tmp.zip("wide.pt", &[("a/data.pkl", &wide.stop(), false)]),
+    ));
+    assert!(r.contains("too large"), "{r}");
+    // One 64 KiB string referenced from 10k list slots.
+    let big = P::new().str(&"x".repeat(1 << 16)).op(b"q\x00]q\x01(");
+    let big = big.op(&b"h\x00".repeat(10_000)).op(b"e").stop();
+    let r = reason(TorchFile::open(
+        &tmp.zip("big.pt", &[("a/data.pkl", &big, false)]),
     ));
     assert!(r.contains("too large"), "{r}");
     let evil = P::new().global("builtins", "getattr").stop();
