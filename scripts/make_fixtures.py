@@ -68,7 +68,8 @@ torch.use_deterministic_algorithms(True)
 
 SIZE_LIMIT = 28 * 1000 * 1000  # bytes, the whole fixtures folder
 # entries of the output folder this script owns (removed and rewritten on every run; nothing else is touched)
-OWNED_DIRS = ("tiny-sd1", "tiny-sd2", "golden", "keys")
+# keys/ also holds make_ldm_key_lists.py's lists, so only its sd15-keys.* copies are replaced.
+OWNED_DIRS = ("tiny-sd1", "tiny-sd2", "golden")
 OWNED_FILES = ("tiny-sd1.ckpt", "tiny-sd2.safetensors", "README.md")
 SHARED_KEYS = "/work/shared/reference/keys"
 KIT_TINY = "/work/shared/bench/diffusers-baseline/models/tiny"  # optional cross-check only

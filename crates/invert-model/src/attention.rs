@@ -127,3 +127,46 @@ pub fn multi_head_attention(
     }
     out.swap_dims(1, 2).reshape([b, lq, inner])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+    use burn::tensor::activation::softmax;
+
+    #[test]
+    fn multi_head_attention_matches_the_formula() {
+        let device = Device::flex();
+        let r = |s: [usize; 3]| Tensor::<3>::random(s, Distribution::Normal(0.0, 1.0), &device);
+        let (q, k, v) = (r([2, 5, 8]), r([2, 7, 8]), r([2, 7, 8]));
+        let got = multi_head_attention(q.clone(), k.clone(), v.clone(), 2, false, false);
+        // softmax(q k^T / sqrt(d)) v per head, d = 4.
+        let split = |t: Tensor<3>, l| t.reshape([2, l, 2, 4]).swap_dims(1, 2);
+        let scores = split(q, 5)
+            .matmul(split(k, 7).swap_dims(2, 3))
+            .div_scalar(2.0);
+        let want = softmax(scores, 3)
+            .matmul(split(v, 7))
+            .swap_dims(1, 2)
+            .reshape([2, 5, 8]);
+        assert!((got - want).abs().max().into_scalar::<f32>() < 1e-5);
+    }
+
+    #[test]
+    fn vae_attention_keeps_the_image_shape_and_adds_the_residual() {
+        let device = Device::flex();
+        let cfg = AttentionConfig {
+            query_dim: 8,
+            cross_attention_dim: None,
+            heads: 1,
+            dim_head: 8,
+            bias: true,
+            upcast: true,
+            group_norm: Some((4, 1e-6)),
+            residual_connection: true,
+        };
+        let attn = cfg.init(&device);
+        let x = Tensor::<4>::random([1, 8, 3, 4], Distribution::Normal(0.0, 1.0), &device);
+        assert_eq!(attn.forward_image(x).dims(), [1, 8, 3, 4]);
+    }
+}

@@ -53,3 +53,41 @@ pub fn tokens_to_image(x: Tensor<3>, h: usize, w: usize) -> Tensor<4> {
     let [b, _, c] = x.dims();
     x.swap_dims(1, 2).reshape([b, c, h, w])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_gelu_of_one() {
+        let device = Device::flex();
+        let y = quick_gelu(Tensor::<1>::from_floats([1.0], &device)).into_scalar::<f32>();
+        assert!((y - 0.845_795_8).abs() < 1e-6);
+    }
+
+    #[test]
+    fn tokens_round_trip_an_image() {
+        let device = Device::flex();
+        let x = Tensor::<4>::from_floats(
+            [[[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]]],
+            &device,
+        );
+        let t = image_to_tokens(x.clone());
+        assert_eq!(t.dims(), [1, 4, 2]);
+        assert_eq!(
+            t.clone()
+                .slice([0..1, 1..2, 0..2])
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap(),
+            vec![2.0, 6.0]
+        );
+        assert_eq!(
+            (tokens_to_image(t, 2, 2) - x)
+                .abs()
+                .sum()
+                .into_scalar::<f32>(),
+            0.0
+        );
+    }
+}

@@ -125,3 +125,47 @@ impl Upsample2D {
         self.conv.forward(upsample_nearest(x, size))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vae_downsample_pads_right_and_bottom_only() {
+        let device = Device::flex();
+        let x = Tensor::<4>::ones([1, 1, 8, 8], &device);
+        let mut vae = Downsample2DConfig::new(1, 0).init(&device);
+        vae.conv.weight = burn::module::Param::from_tensor(Tensor::ones([1, 1, 3, 3], &device));
+        vae.conv.bias = Some(burn::module::Param::from_tensor(Tensor::zeros(
+            [1],
+            &device,
+        )));
+        let y = vae.forward(x).into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(y.len(), 16);
+        // Top-left window sees no padding (9 ones); bottom-right sees the padded row/column.
+        assert_eq!((y[0], y[15]), (9.0, 4.0));
+    }
+
+    #[test]
+    fn resnet_changes_channels_through_the_shortcut() {
+        let device = Device::flex();
+        let block = ResnetBlock2DConfig::new(8, 16, 4, 1e-5)
+            .with_temb_channels(Some(12))
+            .init(&device);
+        assert!(block.conv_shortcut.is_some());
+        let y = block.forward(
+            Tensor::ones([2, 8, 4, 4], &device),
+            Some(&Tensor::ones([2, 12], &device)),
+        );
+        assert_eq!(y.dims(), [2, 16, 4, 4]);
+    }
+
+    #[test]
+    fn upsample_doubles_or_matches_a_size() {
+        let device = Device::flex();
+        let up = Upsample2DConfig::new(4).init(&device);
+        let x = Tensor::<4>::ones([1, 4, 3, 5], &device);
+        assert_eq!(up.forward(x.clone(), None).dims(), [1, 4, 6, 10]);
+        assert_eq!(up.forward(x, Some([7, 9])).dims(), [1, 4, 7, 9]);
+    }
+}

@@ -190,3 +190,78 @@ impl CLIPTextModel {
         self.text_model.final_layer_norm.forward(h)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    fn tiny(device: &Device) -> CLIPTextModel {
+        CLIPTextConfig::new()
+            .with_vocab_size(10)
+            .with_hidden_size(8)
+            .with_intermediate_size(16)
+            .with_num_hidden_layers(3)
+            .with_num_attention_heads(2)
+            .with_max_position_embeddings(6)
+            .init(device)
+    }
+
+    #[test]
+    fn extra_rows_equal_an_appended_table() {
+        let device = Device::flex();
+        let model = tiny(&device);
+        let extra = Tensor::<2>::random([2, 8], Distribution::Normal(0.0, 1.0), &device);
+        let ids = Tensor::<2, Int>::from_data([[1, 10, 3, 11, 2, 0]], &device);
+        let got = model.embed(ids.clone(), Some(&extra));
+        let table = Tensor::cat(
+            vec![
+                model.text_model.embeddings.token_embedding.weight.val(),
+                extra,
+            ],
+            0,
+        );
+        let positions = model
+            .text_model
+            .embeddings
+            .position_embedding
+            .weight
+            .val()
+            .unsqueeze_dim::<3>(0);
+        let want = embedding(table, ids) + positions;
+        let d = (got - want).abs().max().into_scalar::<f32>();
+        assert_eq!(d, 0.0);
+    }
+
+    #[test]
+    fn gradients_reach_only_the_new_rows() {
+        let device = Device::flex().autodiff();
+        let model = tiny(&device).no_grad();
+        let extra =
+            Tensor::<2>::random([1, 8], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let ids = Tensor::<2, Int>::from_data([[1, 10, 3, 2, 2, 2]], &device);
+        let loss = model.forward(ids, Some(&extra), 1).powf_scalar(2.0).sum();
+        let grads = loss.backward();
+        let g = extra.grad(&grads).expect("the new row gets a gradient");
+        assert!(g.abs().sum().into_scalar::<f32>() > 0.0);
+        let table = &model.text_model.embeddings.token_embedding.weight;
+        assert!(
+            table.val().grad(&grads).is_none(),
+            "the frozen table gets none"
+        );
+    }
+
+    #[test]
+    fn clip_skip_two_stops_one_layer_early() {
+        let device = Device::flex();
+        let model = tiny(&device);
+        let ids = Tensor::<2, Int>::from_data([[1, 4, 3, 2, 2, 2]], &device);
+        let mut h = model.embed(ids.clone(), None);
+        for layer in &model.text_model.encoder.layers[..2] {
+            h = layer.forward(h);
+        }
+        let want = model.text_model.final_layer_norm.forward(h);
+        let got = model.forward(ids, None, 2);
+        assert_eq!((got - want).abs().max().into_scalar::<f32>(), 0.0);
+    }
+}

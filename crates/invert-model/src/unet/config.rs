@@ -144,3 +144,53 @@ impl UNet2DConditionConfig {
             .expand(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_block_values_parse_from_int_or_list() {
+        let one: PerBlock = serde_json::from_str("8").unwrap();
+        let each: PerBlock = serde_json::from_str("[5, 10, 20, 20]").unwrap();
+        assert_eq!(one.expand(4), Some(vec![8; 4]));
+        assert_eq!(each.expand(4), Some(vec![5, 10, 20, 20]));
+        assert_eq!(each.expand(3), None);
+    }
+
+    #[test]
+    fn sd2_head_dims_are_head_counts() {
+        // SD 2.x: attention_head_dim [5, 10, 20, 20] over channels [320, 640, 1280, 1280]
+        // means 5/10/20/20 heads of width 64 (diffusers' naming quirk).
+        let mut cfg = UNet2DConditionConfig::new(
+            vec![320, 640, 1280, 1280],
+            vec!["CrossAttnDownBlock2D".into(); 4],
+            vec!["CrossAttnUpBlock2D".into(); 4],
+        );
+        cfg.attention_head_dim = PerBlock::Each(vec![5, 10, 20, 20]);
+        let heads = cfg.heads().unwrap();
+        let widths: Vec<usize> = cfg
+            .block_out_channels
+            .iter()
+            .zip(&heads)
+            .map(|(c, h)| c / h)
+            .collect();
+        assert_eq!(widths, vec![64; 4]);
+        assert!(cfg.unsupported().is_none());
+    }
+
+    #[test]
+    fn unsupported_configs_say_why() {
+        let mut cfg = UNet2DConditionConfig::new(
+            vec![32, 64],
+            vec!["DownBlock2D".into(), "CrossAttnDownBlock2D".into()],
+            vec!["CrossAttnUpBlock2D".into(), "UpBlock2D".into()],
+        );
+        assert!(cfg.unsupported().is_none());
+        cfg.addition_embed_type = Some("text_time".into());
+        assert!(cfg.unsupported().unwrap().contains("SDXL"));
+        cfg.addition_embed_type = None;
+        cfg.norm_num_groups = 5;
+        assert!(cfg.unsupported().unwrap().contains("GroupNorm"));
+    }
+}

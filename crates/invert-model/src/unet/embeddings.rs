@@ -59,3 +59,18 @@ impl TimestepEmbedding {
         self.linear_2.forward(silu(self.linear_1.forward(x)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestep_zero_is_cos_ones_then_sin_zeros() {
+        let device = Device::flex();
+        let e = timestep_projection(Tensor::from_floats([0.0, 999.0], &device), 8, true, 0.0);
+        let v = e.into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(&v[..8], &[1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+        // t = 999, first frequency is 1: cos(999), sin(999) appear at positions 0 and 4.
+        assert!((v[8] - 999f32.cos()).abs() < 1e-4 && (v[12] - 999f32.sin()).abs() < 1e-4);
+    }
+}

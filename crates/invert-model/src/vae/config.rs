@@ -48,3 +48,16 @@ impl AutoencoderKLConfig {
         1 << (self.block_out_channels.len() - 1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sd_vae_downscales_by_eight() {
+        let cfg = AutoencoderKLConfig::new(vec![128, 256, 512, 512]);
+        assert_eq!(cfg.downscale_factor(), 8);
+        assert!(cfg.unsupported().is_none());
+        assert!(AutoencoderKLConfig::new(vec![]).unsupported().is_some());
+    }
+}

@@ -16,9 +16,11 @@ use super::StoredDType;
 pub const MAX_NODES: usize = 1 << 22;
 /// Most dimensions a tensor may have.
 pub const MAX_DIMS: usize = 64;
-/// Most node references and bytes that opcodes may copy in total (bounds the work a small pickle
-/// can cause by calling allow-listed globals again and again on one large memoized value).
-pub const MAX_COPIED: usize = 1 << 24;
+/// Most work one pickle may cause, counted in node references pushed or copied and bytes
+/// copied. Together with [`MAX_NODES`] this bounds time and memory independently of the input
+/// size, including for small pickles that call allow-listed globals again and again on one
+/// large memoized value (torch's pickles need a few references per tensor).
+pub const MAX_WORK: usize = 1 << 25;
 /// Longest storage key (torch's are decimal numbers).
 pub const MAX_KEY: usize = 256;
 /// A view may repeat storage elements (stride 0, as `expand` makes) up to this many elements.

@@ -88,8 +88,8 @@ pub(super) fn unescape(s: &str, raw: bool) -> Result<Vec<u8>> {
             let h: String = chars.take(n).collect();
             u32::from_str_radix(&h, 16).or_else(|_| invalid("bad escape in text string"))
         };
-        let code = match (c, raw) {
-            ('\\', _) => match chars.next() {
+        let code = match c {
+            '\\' => match chars.next() {
                 Some('u') => hex(4, &mut chars)?,
                 Some('U') => hex(8, &mut chars)?,
                 Some('x') if !raw => hex(2, &mut chars)?,
@@ -103,7 +103,7 @@ pub(super) fn unescape(s: &str, raw: bool) -> Result<Vec<u8>> {
                 }
                 None => u32::from('\\'),
             },
-            (c, _) => c as u32,
+            c => c as u32,
         };
         let ch = char::from_u32(code)
             .ok_or_else(|| PickleError::Invalid("bad escape in text string".into()))?;

@@ -6,7 +6,7 @@ use std::io::BufRead;
 use super::input::{Input, py_str, small_int, unescape};
 
 use super::{
-    Global, MAX_COPIED, MAX_DIMS, MAX_KEY, MAX_NODES, NodeId, Pickle, PickleError, Result,
+    Global, MAX_DIMS, MAX_KEY, MAX_NODES, MAX_WORK, NodeId, Pickle, PickleError, Result,
     StorageRef, StoredDType, TensorRef, Value, invalid, resolve_global,
 };
 
@@ -16,8 +16,8 @@ struct Machine {
     stack: Vec<NodeId>,
     marks: Vec<usize>,
     memo: HashMap<u64, NodeId>,
-    /// Node references and bytes copied so far, see [`MAX_COPIED`].
-    copied: usize,
+    /// Work done so far, see [`MAX_WORK`].
+    work: usize,
     storages: BTreeMap<String, (StoredDType, usize)>,
 }
 
@@ -58,6 +58,7 @@ impl Machine {
         if self.stack.len() >= MAX_NODES {
             return invalid(format!("stack deeper than {MAX_NODES}"));
         }
+        self.charge(1)?;
         self.stack.push(id);
         Ok(())
     }
@@ -130,11 +131,13 @@ impl Machine {
             )),
         }
     }
-    /// Accounts for copying `n` node references or bytes.
+    /// Accounts for pushing or copying `n` node references or bytes.
     fn charge(&mut self, n: usize) -> Result<()> {
-        self.copied = self.copied.saturating_add(n);
-        if self.copied > MAX_COPIED {
-            return invalid(format!("the pickle copies more than {MAX_COPIED} values"));
+        self.work = self.work.saturating_add(n);
+        if self.work > MAX_WORK {
+            return invalid(format!(
+                "the pickle does more than {MAX_WORK} steps of work"
+            ));
         }
         Ok(())
     }

@@ -426,13 +426,16 @@ fn every_truncation_and_random_garbage_fails_cleanly() {
 
 #[test]
 fn repeated_copies_of_one_big_value_are_bounded() {
-    // A 100k-entry list, then set(list) 200 times: 20M copied references.
+    // A 100k-entry list, then set(list) 400 times: 40M copied references.
     let mut p = P::new().op(b"Nq\x000]q\x01(");
     p = p.op(&b"h\x00".repeat(100_000)).op(b"e0");
-    for _ in 0..200 {
+    for _ in 0..400 {
         p = p.global("__builtin__", "set").op(b"h\x01\x85R0");
     }
-    assert!(invalid_reason(&p.op(b"N").stop()).contains("copies more than"));
+    assert!(invalid_reason(&p.op(b"N").stop()).contains("steps of work"));
+    // DUP is one byte per pushed reference.
+    let p = P::new().op(b"N").op(&vec![b'2'; MAX_NODES]);
+    assert!(invalid_reason(&p.0).contains("stack deeper"));
     let key = "9".repeat(MAX_KEY + 1);
     let p = P::new()
         .tensor(("FloatStorage", &key, 1), 0, &[1], &[1])

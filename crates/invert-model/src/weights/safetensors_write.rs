@@ -1,0 +1,211 @@
+//! Writing `.safetensors` files, and the atomic file replacement every writer here uses.
+//!
+//! Layout (github.com/huggingface/safetensors, README "Format"): an 8-byte little-endian header
+//! length, a JSON header (`{"__metadata__": {str: str}, name: {"dtype", "shape",
+//! "data_offsets": [begin, end]}}`) padded with spaces to a multiple of 8 bytes, then the
+//! tensors' little-endian bytes back to back, in the order given.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{StoredDType, WeightError};
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> WeightError {
+    WeightError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn io(path: &Path, source: std::io::Error) -> WeightError {
+    WeightError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The dtype's name in a safetensors header.
+pub fn dtype_name(dtype: StoredDType) -> &'static str {
+    match dtype {
+        StoredDType::F64 => "F64",
+        StoredDType::F32 => "F32",
+        StoredDType::F16 => "F16",
+        StoredDType::BF16 => "BF16",
+        StoredDType::I64 => "I64",
+        StoredDType::I32 => "I32",
+        StoredDType::I16 => "I16",
+        StoredDType::I8 => "I8",
+        StoredDType::U8 => "U8",
+        StoredDType::Bool => "BOOL",
+    }
+}
+
+/// The whole file as bytes. Fails (naming `path`, for messages only) when a tensor's byte length
+/// is not its shape times its element size, or a name is empty, repeated or `__metadata__`.
+pub fn safetensors_bytes(
+    path: &Path,
+    tensors: &[(&str, StoredDType, &[usize], &[u8])],
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, WeightError> {
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let meta = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        header.insert("__metadata__".into(), serde_json::Value::Object(meta));
+    }
+    let mut offset = 0usize;
+    for &(name, dtype, shape, data) in tensors {
+        if name.is_empty() || name == "__metadata__" || header.contains_key(name) {
+            return Err(corrupt(
+                path,
+                format!("cannot write tensor name `{name}`: empty, reserved or repeated"),
+            ));
+        }
+        let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if numel.and_then(|n| n.checked_mul(dtype.size())) != Some(data.len()) {
+            return Err(corrupt(
+                path,
+                format!(
+                    "tensor `{name}`: shape {shape:?} of {} does not match {} data bytes",
+                    dtype_name(dtype),
+                    data.len()
+                ),
+            ));
+        }
+        let end = offset + data.len();
+        header.insert(
+            name.to_owned(),
+            serde_json::json!({
+                "dtype": dtype_name(dtype),
+                "shape": shape,
+                "data_offsets": [offset, end],
+            }),
+        );
+        offset = end;
+    }
+    let mut json = serde_json::to_vec(&serde_json::Value::Object(header))
+        .map_err(|e| corrupt(path, format!("cannot encode the header: {e}")))?;
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len() + offset);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    for &(_, _, _, data) in tensors {
+        out.extend_from_slice(data);
+    }
+    Ok(out)
+}
+
+/// Writes a `.safetensors` file atomically (see [`write_atomic`]). `tensors` are
+/// `(name, dtype, shape, little-endian bytes)`; `metadata` becomes `__metadata__` (omitted when
+/// empty).
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(&str, StoredDType, &[usize], &[u8])],
+    metadata: &BTreeMap<String, String>,
+    overwrite: bool,
+) -> Result<(), WeightError> {
+    let bytes = safetensors_bytes(path, tensors, metadata)?;
+    write_atomic(path, &bytes, overwrite)
+}
+
+/// The error [`write_atomic`] returns when `path` exists and `overwrite` is false.
+pub fn exists_error(path: &Path) -> WeightError {
+    io(
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "already exists; refusing to overwrite it (allow overwriting, or choose another \
+             file name)",
+        ),
+    )
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Removes the temporary file unless disarmed.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Writes `bytes` to `path` so that `path` is never seen half-written: the bytes go to a new
+/// temporary file in the same folder (`.<name>.invert-tmp-<pid>-<n>`), which is flushed to disk
+/// and then renamed over `path` (or, without `overwrite`, hard-linked to `path`, which fails if
+/// it exists, so a file created meanwhile is never replaced); the folder is then synced. On any
+/// failure the temporary file is removed and `path` is untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<(), WeightError> {
+    if !overwrite && path.symlink_metadata().is_ok() {
+        return Err(exists_error(path));
+    }
+    let name = path
+        .file_name()
+        .ok_or_else(|| corrupt(path, "not a file name (ends in `..` or `/`)"))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("the folder {} does not exist; create it first", dir.display()),
+            ),
+        ));
+    }
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        ".{}.invert-tmp-{}-{n}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let mut guard = TempGuard(Some(tmp.clone()));
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| io(&tmp, e))?;
+        f.sync_all().map_err(|e| io(&tmp, e))?;
+    }
+    if overwrite {
+        std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+    } else {
+        match std::fs::hard_link(&tmp, path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(exists_error(path));
+            }
+            // File systems without hard links: check, then rename (a tiny race remains).
+            Err(_) => {
+                if path.symlink_metadata().is_ok() {
+                    return Err(exists_error(path));
+                }
+                std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+            }
+        }
+        // The temporary name is removed by the guard (a no-op after a rename).
+    }
+    if overwrite {
+        guard.0 = None;
+    }
+    drop(guard);
+    // Persist the directory entry; not every platform allows opening a folder, so best effort.
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
