@@ -13,7 +13,8 @@
 #
 # Env: RUNS (2), SINGLE_FILE (1), PYTHON (/work/venv/bin/python), CARGO_JOBS (2),
 #      RSS_TRACE=1 also samples VmRSS every 0.1 s and writes LOG_DIR/*.rss.tsv
-#      LOG_DIR (target/bench-load), where the raw `time -v` outputs are kept.
+#      LOG_DIR (target/bench-load), where the raw `time -v` outputs are kept;
+#      BUILD=0 skips the cargo build and measures the existing target/release/invert.
 # The weights go outside the repository; nothing is written into the work tree but target/.
 set -euo pipefail
 
@@ -25,6 +26,7 @@ PYTHON="${PYTHON:-/work/venv/bin/python}"
 CARGO_JOBS="${CARGO_JOBS:-2}"
 LOG_DIR="${LOG_DIR:-$ROOT/target/bench-load}"
 RSS_TRACE="${RSS_TRACE:-0}"
+BUILD="${BUILD:-1}"
 BIN="$ROOT/target/release/invert"
 
 mkdir -p "$LOG_DIR"
@@ -35,10 +37,15 @@ if [[ ! -x /usr/bin/time ]]; then
     $SUDO apt-get install -y time >/dev/null || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y time >/dev/null; }
 fi
 
-echo "== building: cargo build --release -j$CARGO_JOBS -p invert-cli" >&2
-t0=$(date +%s)
-(cd "$ROOT" && cargo build --release -j"$CARGO_JOBS" -p invert-cli) >&2
-echo "   built in $(( $(date +%s) - t0 )) s" >&2
+if [[ "$BUILD" == 1 ]]; then
+    echo "== building: cargo build --release -j$CARGO_JOBS -p invert-cli" >&2
+    t0=$(date +%s)
+    (cd "$ROOT" && cargo build --release -j"$CARGO_JOBS" -p invert-cli) >&2
+    echo "   built in $(( $(date +%s) - t0 )) s" >&2
+else
+    [[ -x "$BIN" ]] || { echo "BUILD=0 but $BIN does not exist" >&2; exit 1; }
+    echo "== BUILD=0: using the existing $BIN ($(date -r "$BIN" '+%F %T'))" >&2
+fi
 
 weights_present() {
     [[ -f "$MODEL_DIR/unet/diffusion_pytorch_model.safetensors" &&
@@ -55,7 +62,7 @@ fi
 folder_bytes() {
     stat -c %s "$MODEL_DIR/unet/diffusion_pytorch_model.safetensors" \
         "$MODEL_DIR/vae/diffusion_pytorch_model.safetensors" \
-        "$MODEL_DIR/text_encoder/model.safetensors" | awk '{s += $1} END {print s}'
+        "$MODEL_DIR/text_encoder/model.safetensors" | awk '{s += $1} END {printf "%.0f\n", s}'
 }
 
 # run LABEL MODEL_PATH RUN_NO -> appends "label|bytes|run|peak_kb|load_s|wall_s|exit" to $ROWS
