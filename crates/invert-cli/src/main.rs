@@ -20,12 +20,16 @@ enum Command {
     /// Inspect Stable Diffusion checkpoints (diffusers folders, .safetensors, .ckpt).
     #[command(subcommand)]
     Model(commands::model::ModelCommand),
+    /// Read, describe and convert textual-inversion embedding files (every common format).
+    #[command(subcommand)]
+    Embedding(commands::embedding::EmbeddingCommand),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Model(cmd) => commands::model::run(cmd),
+        Command::Embedding(cmd) => commands::embedding::run(cmd),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -4,11 +4,16 @@
 pub mod attention;
 pub mod clip;
 pub mod device;
+pub mod embedding;
 pub mod inspect;
 pub mod keymap;
 pub mod layers;
 pub mod loading;
+pub mod pipeline;
 pub mod resnet;
+pub mod schedulers;
+pub mod tokenizer;
 pub mod unet;
 pub mod vae;
+pub mod vocabulary;
 pub mod weights;

@@ -298,3 +298,38 @@ fn single_file_family_is_detected() {
         Err(LoadError::Layout { .. })
     ));
 }
+
+#[test]
+fn old_vae_attention_key_names_load() {
+    // Older SD VAE files name the mid-block attention query/key/value/proj_attn.
+    let device = Device::flex();
+    let g = Golden::open("tiny-sd2");
+    let dir = tmp("oldvae").join("model");
+    copy_dir(&fixture("tiny-sd2"), &dir);
+    let file = dir.join("vae/diffusion_pytorch_model.safetensors");
+    let renamed: Vec<_> = tensors_of(&file, f32_bytes)
+        .into_iter()
+        .map(|(name, dtype, shape, bytes)| {
+            let name = name
+                .replace("attentions.0.to_q.", "attentions.0.query.")
+                .replace("attentions.0.to_k.", "attentions.0.key.")
+                .replace("attentions.0.to_v.", "attentions.0.value.")
+                .replace("attentions.0.to_out.0.", "attentions.0.proj_attn.");
+            (name, dtype, shape, bytes)
+        })
+        .collect();
+    assert!(
+        renamed
+            .iter()
+            .any(|t| t.0.ends_with("attentions.0.proj_attn.weight"))
+    );
+    write_safetensors(&file, &renamed);
+    let old = load(&dir, &LoadOptions::default(), &device).unwrap();
+    let new = load(&fixture("tiny-sd2"), &LoadOptions::default(), &device).unwrap();
+    let latent = g.f32::<4>("vae.latent", &device);
+    assert_identical(
+        "old-named VAE decode",
+        old.vae.decode(latent.clone()),
+        new.vae.decode(latent),
+    );
+}

@@ -1,1 +1,4 @@
+//! Textual-inversion training: data, prompt templates, schedules and the training loop.
 
+pub mod lr_schedule;
+pub mod templates;

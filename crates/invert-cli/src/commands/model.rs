@@ -51,6 +51,7 @@ impl ModelArgs {
             variant: self.variant.clone(),
             config_dir: self.config.clone(),
             use_ema: self.ema,
+            ..Default::default()
         }
     }
 }

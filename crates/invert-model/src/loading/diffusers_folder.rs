@@ -136,6 +136,23 @@ pub fn load_module<M: Module + ModuleSnapshot>(
     Ok((module, report))
 }
 
+/// Loads a diffusers-layout component when a reader is given; else returns it unloaded.
+fn load_optional<M: Module + ModuleSnapshot>(
+    module: M,
+    reader: Option<Arc<dyn TensorReader>>,
+    to_burn: fn(&str) -> Option<String>,
+    dtype: DType,
+    family: &str,
+) -> Result<(M, LoadReport), LoadError> {
+    match reader {
+        Some(reader) => {
+            let a = assignments(reader.as_ref(), to_burn);
+            load_module(module, reader, a, dtype, family)
+        }
+        None => Ok((module, LoadReport::default())),
+    }
+}
+
 /// The family a diffusers folder's configs describe.
 pub fn family_of(text_width: usize, scheduler: &serde_json::Value) -> Family {
     let v = scheduler.get("prediction_type").and_then(|p| p.as_str()) == Some("v_prediction");
@@ -189,17 +206,41 @@ pub fn load(
     let variant = options.variant.as_deref();
     let dtype = options.dtype;
 
-    let reader = open_component_weights(&te_dir, "model", variant)?;
-    let a = assignments(reader.as_ref(), crate::clip::keys::to_burn_path);
-    let (text_encoder, te_report) = load_module(te_cfg.init(device), reader, a, dtype, &desc)?;
-
-    let reader = open_component_weights(&unet_dir, "diffusion_pytorch_model", variant)?;
-    let a = assignments(reader.as_ref(), crate::unet::keys::to_burn_path);
-    let (unet, unet_report) = load_module(unet_cfg.init(device), reader, a, dtype, &desc)?;
-
-    let reader = open_component_weights(&vae_dir, "diffusion_pytorch_model", variant)?;
-    let a = assignments(reader.as_ref(), crate::vae::keys::to_burn_path);
-    let (vae, vae_report) = load_module(vae_cfg.init(device), reader, a, dtype, &desc)?;
+    let parts = options.parts;
+    let load_part = |wanted: bool,
+                     dir: &Path,
+                     stem: &str|
+     -> Result<Option<Arc<dyn TensorReader>>, LoadError> {
+        if wanted {
+            open_component_weights(dir, stem, variant).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let reader = load_part(parts.text_encoder, &te_dir, "model")?;
+    let (text_encoder, te_report) = load_optional(
+        te_cfg.init(device),
+        reader,
+        crate::clip::keys::to_burn_path,
+        dtype,
+        &desc,
+    )?;
+    let reader = load_part(parts.unet, &unet_dir, "diffusion_pytorch_model")?;
+    let (unet, unet_report) = load_optional(
+        unet_cfg.init(device),
+        reader,
+        crate::unet::keys::to_burn_path,
+        dtype,
+        &desc,
+    )?;
+    let reader = load_part(parts.vae, &vae_dir, "diffusion_pytorch_model")?;
+    let (vae, vae_report) = load_optional(
+        vae_cfg.init(device),
+        reader,
+        crate::vae::keys::to_burn_path,
+        dtype,
+        &desc,
+    )?;
 
     let tokenizer_dir = Some(root.join("tokenizer")).filter(|d| d.is_dir());
     Ok(StableDiffusion {

@@ -79,6 +79,30 @@ pub struct LoadOptions {
     pub config_dir: Option<PathBuf>,
     /// Take the U-Net from the EMA weights of an original checkpoint that has them.
     pub use_ema: bool,
+    /// Which components to read. Skipped ones are built but left lazily initialised (no
+    /// memory); they must not be used. `invert embedding inspect` needs only the text encoder.
+    pub parts: Parts,
+}
+
+/// A selection of pipeline components.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    pub text_encoder: bool,
+    pub unet: bool,
+    pub vae: bool,
+}
+
+impl Parts {
+    pub const ALL: Parts = Parts {
+        text_encoder: true,
+        unet: true,
+        vae: true,
+    };
+    pub const TEXT_ENCODER: Parts = Parts {
+        text_encoder: true,
+        unet: false,
+        vae: false,
+    };
 }
 
 impl Default for LoadOptions {
@@ -88,6 +112,7 @@ impl Default for LoadOptions {
             variant: None,
             config_dir: None,
             use_ema: false,
+            parts: Parts::ALL,
         }
     }
 }

@@ -122,6 +122,22 @@ impl Checkpoint {
     }
 }
 
+/// Loads a component when `wanted`; else returns it unloaded (lazy, no memory, not to be used).
+fn load_part<M: burn::module::Module + burn::store::ModuleSnapshot>(
+    wanted: bool,
+    module: M,
+    reader: &Arc<dyn TensorReader>,
+    assignments: Vec<Assignment>,
+    dtype: burn::tensor::DType,
+    family: &str,
+) -> Result<(M, super::LoadReport), LoadError> {
+    if wanted {
+        load_module(module, reader.clone(), assignments, dtype, family)
+    } else {
+        Ok((module, super::LoadReport::default()))
+    }
+}
+
 fn layout_err(path: &Path, reason: String) -> LoadError {
     LoadError::Layout {
         path: path.to_path_buf(),
@@ -233,23 +249,25 @@ pub fn load(
     let unet_a = ckpt.assign(unet_map, crate::unet::keys::to_burn_path, &mut unexpected);
     let vae_a = ckpt.assign(vae_map, crate::vae::keys::to_burn_path, &mut unexpected);
 
-    let dtype = options.dtype;
-    let (text_encoder, mut te_report) =
-        load_module(te_cfg.init(device), ckpt.reader.clone(), te_a, dtype, &desc)?;
-    let (unet, unet_report) = load_module(
+    let (dtype, parts, reader) = (options.dtype, options.parts, &ckpt.reader);
+    let (text_encoder, mut te_report) = load_part(
+        parts.text_encoder,
+        te_cfg.init(device),
+        reader,
+        te_a,
+        dtype,
+        &desc,
+    )?;
+    let (unet, unet_report) = load_part(
+        parts.unet,
         unet_cfg.init(device),
-        ckpt.reader.clone(),
+        reader,
         unet_a,
         dtype,
         &desc,
     )?;
-    let (vae, vae_report) = load_module(
-        vae_cfg.init(device),
-        ckpt.reader.clone(),
-        vae_a,
-        dtype,
-        &desc,
-    )?;
+    let (vae, vae_report) =
+        load_part(parts.vae, vae_cfg.init(device), reader, vae_a, dtype, &desc)?;
     te_report.unexpected.extend(unexpected);
 
     let family = match family {

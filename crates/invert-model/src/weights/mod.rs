@@ -10,6 +10,8 @@ use std::path::PathBuf;
 pub mod convert;
 pub mod pickle;
 pub mod safetensors_file;
+pub mod safetensors_write;
+pub mod torch_write;
 pub mod torch_zip;
 
 /// Element type of a tensor as stored on disk.

@@ -161,26 +161,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<(), We
             path,
             std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                format!("the folder {} does not exist; create it first", dir.display()),
+                format!(
+                    "the folder {} does not exist; create it first",
+                    dir.display()
+                ),
             ),
         ));
     }
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(
-        ".{}.invert-tmp-{}-{n}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    // A stale temporary file of the same name (from a crashed process) is skipped, not reused.
+    let mut attempt = 0;
+    let (tmp, mut f) = loop {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(
+            ".{}.invert-tmp-{}-{n}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                attempt += 1;
+            }
+            Err(e) => return Err(io(&tmp, e)),
+        }
+    };
     let mut guard = TempGuard(Some(tmp.clone()));
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| io(&tmp, e))?;
-        f.sync_all().map_err(|e| io(&tmp, e))?;
-    }
+    f.write_all(bytes).map_err(|e| io(&tmp, e))?;
+    f.sync_all().map_err(|e| io(&tmp, e))?;
+    drop(f);
     if overwrite {
         std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
     } else {

@@ -1,0 +1,159 @@
+//! The `invert` binary on the committed fixtures: help, model info, and embedding
+//! inspect/convert on every embedding fixture (readable ones round-trip through every output
+//! format; refused ones exit 1 with their specific message).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../invert-model/tests/fixtures")
+}
+
+fn invert(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_invert"))
+        .args(args)
+        .output()
+        .expect("run invert")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn help_lists_the_subcommands_that_exist() {
+    let out = invert(&["--help"]);
+    assert!(out.status.success());
+    let t = text(&out);
+    for cmd in ["model", "embedding"] {
+        assert!(t.contains(cmd), "{t}");
+    }
+}
+
+#[test]
+fn model_info_loads_folders_and_single_files() {
+    let f = fixtures();
+    let out = invert(&[
+        "model",
+        "info",
+        "--model",
+        f.join("tiny-sd2").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("v_prediction"), "{}", text(&out));
+    let out = invert(&[
+        "model",
+        "info",
+        "--model",
+        f.join("tiny-sd1.ckpt").to_str().unwrap(),
+        "--config",
+        f.join("tiny-sd1").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = invert(&["model", "info", "--model", "/nonexistent/model"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("no such file or folder"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn embedding_inspect_and_convert_every_fixture() {
+    let dir = fixtures().join("embeddings");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let out_dir = std::env::temp_dir().join(format!("invert-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let model = fixtures().join("tiny-sd1");
+    let files = expected["files"].as_object().unwrap();
+    assert!(files.len() >= 30);
+    for (name, want) in files {
+        let path = dir.join(name);
+        let p = path.to_str().unwrap();
+        let out = invert(&[
+            "embedding",
+            "inspect",
+            p,
+            "--model",
+            model.to_str().unwrap(),
+        ]);
+        if let Some(fragment) = want.get("message_contains").and_then(|m| m.as_str()) {
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{name} should be refused: {}",
+                text(&out)
+            );
+            assert!(text(&out).contains(fragment), "{name}: {}", text(&out));
+            continue;
+        }
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        let embeddings = want["embeddings"].as_array().unwrap();
+        for e in embeddings {
+            assert!(
+                text(&out).contains(&format!("token:   {}", e["token"].as_str().unwrap())),
+                "{name}: {}",
+                text(&out)
+            );
+        }
+        if embeddings.len() > 1 {
+            let out = invert(&[
+                "embedding",
+                "convert",
+                p,
+                out_dir.join("x.pt").to_str().unwrap(),
+                "--format",
+                "a1111",
+            ]);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{name}: several embeddings cannot go to one file"
+            );
+            continue;
+        }
+        for (format, ext) in [
+            ("diffusers", "safetensors"),
+            ("a1111", "pt"),
+            ("kohya", "safetensors"),
+        ] {
+            let target = out_dir.join(format!("{name}.{format}.{ext}"));
+            let out = invert(&[
+                "embedding",
+                "convert",
+                p,
+                target.to_str().unwrap(),
+                "--format",
+                format,
+                "--token",
+                "<conv>",
+            ]);
+            assert!(out.status.success(), "{name} -> {format}: {}", text(&out));
+            let out = invert(&["embedding", "inspect", target.to_str().unwrap()]);
+            assert!(out.status.success(), "{name} -> {format}: {}", text(&out));
+            let shape = &embeddings[0]["shape"];
+            let dims = format!("vectors: {} x {}", shape[0], shape[1]);
+            assert!(
+                text(&out).contains(&dims),
+                "{name} -> {format}: {}",
+                text(&out)
+            );
+            // A second convert to the same path is refused without --overwrite.
+            let again = invert(&[
+                "embedding",
+                "convert",
+                p,
+                target.to_str().unwrap(),
+                "--format",
+                format,
+            ]);
+            assert_eq!(again.status.code(), Some(1), "{name}: overwrite refused");
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! Textual-inversion embedding files: reading every format in use, writing three of them.
+//!
+//! Read ([`read_embeddings`], format detected from the content, never the extension):
+//! - diffusers: `{token: [n, d]}` or `{token: [d]}` in `.safetensors`, or a torch pickle
+//!   (`.bin`/`.pt`) that may hold several tokens; a bare pickled tensor takes the file stem;
+//! - A1111 `.pt` (`string_to_token`, `string_to_param` as a dict or `ParameterDict`, `name`,
+//!   `step`, `sd_checkpoint`, `sd_checkpoint_name`), torch zip or legacy pickle;
+//! - A1111 embedding images (`.png`): the `sd-ti-embedding` tEXt/zTXt/iTXt chunk (base64 of a
+//!   JSON whose tensors are `{"TORCHTENSOR": nested lists}`), or, when the text chunks were
+//!   stripped, the data A1111 hides in the pixels of the side blocks it draws;
+//! - kohya sd-scripts and invoke-training: `{"emb_params": [n, d]}` (`.pt` or `.safetensors`);
+//! - OneTrainer: `{"emp_params": [n, d]}`; its `emp_params_out` (output-side embeddings for
+//!   models that have them) is ignored and the returned embedding says so in `meta.extra`;
+//! - rinongal/textual_inversion: `string_to_param` `ParameterDict` (merged files with several
+//!   placeholders give one embedding per placeholder, named by the placeholder).
+//!
+//! Refused with a message saying why: SDXL `{clip_l, clip_g}` files (invert trains SD 1.x/2.x),
+//! kohya XTI (P+) files (16 per-block token sets), integer tensors, tensors of rank other than
+//! 1 or 2, more than [`MAX_VECTORS`] vectors, and NaN/infinite values.
+//!
+//! Write ([`write_embedding`]): diffusers safetensors, A1111 `.pt` (a torch zip written without
+//! torch) and kohya safetensors; writes are atomic and never overwrite unless asked.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::weights::{StoredDType, WeightError};
+
+mod png_embed;
+mod read;
+mod write;
+
+pub use read::read_embeddings;
+pub use write::{WriteFormat, write_embedding};
+
+/// Most vectors one embedding may have: CLIP's context is 77 tokens, two of them BOS/EOS.
+pub const MAX_VECTORS: usize = 75;
+
+/// The file format an embedding was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EmbeddingFormat {
+    /// diffusers `textual_inversion.py`: `{token: [n, d]}`.
+    Diffusers,
+    /// AUTOMATIC1111 `.pt`.
+    A1111,
+    /// AUTOMATIC1111 embedding image (`.png`).
+    A1111Png,
+    /// kohya sd-scripts / invoke-training `emb_params`.
+    Kohya,
+    /// OneTrainer `emp_params`.
+    OneTrainer,
+    /// rinongal/textual_inversion (the paper's code) `string_to_param` `ParameterDict`.
+    Rinongal,
+}
+
+impl EmbeddingFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            EmbeddingFormat::Diffusers => "diffusers",
+            EmbeddingFormat::A1111 => "A1111",
+            EmbeddingFormat::A1111Png => "A1111 PNG",
+            EmbeddingFormat::Kohya => "kohya",
+            EmbeddingFormat::OneTrainer => "OneTrainer",
+            EmbeddingFormat::Rinongal => "rinongal",
+        }
+    }
+}
+
+impl std::fmt::Display for EmbeddingFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a file says about an embedding besides its vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingMeta {
+    /// Training step it was saved at (A1111 `step`, invert's metadata).
+    pub step: Option<u64>,
+    /// Name of the model it was trained on (A1111 `sd_checkpoint_name`).
+    pub base_model: Option<String>,
+    /// Hash of that model (A1111 `sd_checkpoint`, a short hash).
+    pub base_model_hash: Option<String>,
+    pub source_format: EmbeddingFormat,
+    /// Everything else worth keeping: safetensors metadata (`safetensors.<key>`), the A1111
+    /// placeholder and token id, what was ignored (`ignored`), where a PNG held it (`png`).
+    pub extra: BTreeMap<String, String>,
+}
+
+impl EmbeddingMeta {
+    pub fn new(source_format: EmbeddingFormat) -> Self {
+        EmbeddingMeta {
+            step: None,
+            base_model: None,
+            base_model_hash: None,
+            source_format,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// One learned concept: `num_vectors` rows of `width` values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnedEmbedding {
+    /// The trigger text (diffusers expands a multi-vector token to `token token_1 ...`).
+    pub token: String,
+    /// Row-major `[num_vectors, width]`.
+    pub vectors: Vec<f32>,
+    pub num_vectors: usize,
+    pub width: usize,
+    pub meta: EmbeddingMeta,
+}
+
+impl LearnedEmbedding {
+    /// Vector `i` (`width` values).
+    pub fn vector(&self, i: usize) -> &[f32] {
+        &self.vectors[i * self.width..(i + 1) * self.width]
+    }
+}
+
+/// Errors reading, checking or writing embeddings. Every message names the file and says what
+/// to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddingError {
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: not an embedding file invert recognises ({reason}). invert reads diffusers \
+         (.safetensors/.bin), A1111 (.pt and .png embedding images), kohya/invoke-training \
+         (emb_params), OneTrainer (emp_params) and rinongal (.pt) embeddings; check that this \
+         is the embedding file and not a model or an image"
+    )]
+    UnknownFormat { path: PathBuf, reason: String },
+    #[error(
+        "{path}: this is an SDXL embedding ({keys}); invert supports Stable Diffusion 1.x and \
+         2.x only. Use an embedding trained for SD 1.x/2.x (or train one with invert)"
+    )]
+    Sdxl { path: PathBuf, keys: String },
+    #[error(
+        "{path}: this is a kohya XTI (P+) embedding: 16 token sets, one per U-Net block \
+         ({keys}); invert supports ordinary textual inversion (one token set for the text \
+         encoder) only. Use it with kohya's XTI scripts, or train an ordinary embedding"
+    )]
+    Xti { path: PathBuf, keys: String },
+    #[error(
+        "{path}: tensor `{tensor}` has shape {shape:?}: {reason}. An embedding is [vectors, \
+         width] (or [width] for one vector); the file is damaged or not an embedding"
+    )]
+    BadShape {
+        path: PathBuf,
+        tensor: String,
+        shape: Vec<usize>,
+        reason: String,
+    },
+    #[error(
+        "{path}: tensor `{tensor}` holds {dtype:?} values; embeddings are float32, float16 or \
+         bfloat16. The file is not an embedding, or was saved wrongly: re-save its vectors as \
+         float32"
+    )]
+    BadDType {
+        path: PathBuf,
+        tensor: String,
+        dtype: StoredDType,
+    },
+    #[error(
+        "{path}: the embedding `{token}` holds {count} NaN or infinite values (first in vector \
+         {vector}, element {element}): it is broken, typically because training diverged. Use \
+         an earlier checkpoint of it, or retrain with a lower learning rate"
+    )]
+    NonFinite {
+        path: PathBuf,
+        token: String,
+        count: usize,
+        vector: usize,
+        element: usize,
+    },
+    #[error(
+        "{path}: the file holds {count} embeddings ({tokens}); a token name can only be given \
+         for a file with one embedding. Leave the token out to use the names in the file"
+    )]
+    AmbiguousOverride {
+        path: PathBuf,
+        count: usize,
+        tokens: String,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error(
+        "{path}: the embedding `{token}` is {width} wide, made for {family}, but the loaded \
+         model's text encoder is {model_width} wide ({model_family}). Embeddings only work with \
+         the model family they were trained for: use an embedding trained for {model_family}, \
+         or load a {family} model"
+    )]
+    WidthMismatch {
+        path: PathBuf,
+        token: String,
+        width: usize,
+        family: String,
+        model_width: usize,
+        model_family: String,
+    },
+    #[error(
+        "{path}: already exists; invert does not overwrite files unless asked (allow \
+         overwriting, or choose another file name)"
+    )]
+    AlreadyExists { path: PathBuf },
+}
+
+/// The model family whose text encoder has this width.
+pub fn width_family(width: usize) -> String {
+    match width {
+        768 => "SD 1.x (CLIP ViT-L/14, 768 wide)".into(),
+        1024 => "SD 2.x (OpenCLIP ViT-H/14, 1024 wide)".into(),
+        1280 => "SDXL's second text encoder (clip_g, 1280 wide) or the original LDM 1.4B \
+                 (BERT, 1280 wide); invert supports neither"
+            .into(),
+        w => format!("a {w}-wide text encoder (not a Stable Diffusion 1.x/2.x model)"),
+    }
+}
+
+/// Checks that `e` fits a text encoder of width `text_width`; `path` is the embedding's file.
+pub fn check_width(
+    e: &LearnedEmbedding,
+    text_width: usize,
+    path: &Path,
+) -> Result<(), EmbeddingError> {
+    if e.width == text_width {
+        return Ok(());
+    }
+    Err(EmbeddingError::WidthMismatch {
+        path: path.to_path_buf(),
+        token: e.token.clone(),
+        width: e.width,
+        family: width_family(e.width),
+        model_width: text_width,
+        model_family: width_family(text_width),
+    })
+}
+
+/// Checks the shape and values of one tensor and builds the embedding.
+/// `shape` must be `[n, d]` or `[d]`; the values must be finite.
+pub(crate) fn build_embedding(
+    path: &Path,
+    tensor: &str,
+    token: String,
+    shape: &[usize],
+    values: Vec<f32>,
+    meta: EmbeddingMeta,
+) -> Result<LearnedEmbedding, EmbeddingError> {
+    check_shape(path, tensor, shape)?;
+    let (n, d) = match *shape {
+        [d] => (1, d),
+        [n, d] => (n, d),
+        _ => unreachable!("checked"),
+    };
+    if values.len() != n * d {
+        return Err(EmbeddingError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!(
+                "tensor `{tensor}` of shape {shape:?} has {} values",
+                values.len()
+            ),
+        });
+    }
+    let e = LearnedEmbedding {
+        token,
+        vectors: values,
+        num_vectors: n,
+        width: d,
+        meta,
+    };
+    check_finite(path, &e)?;
+    Ok(e)
+}
+
+/// Checks a tensor's shape (before its data is read).
+pub(crate) fn check_shape(
+    path: &Path,
+    tensor: &str,
+    shape: &[usize],
+) -> Result<(), EmbeddingError> {
+    let bad = |reason: String| EmbeddingError::BadShape {
+        path: path.to_path_buf(),
+        tensor: tensor.to_owned(),
+        shape: shape.to_vec(),
+        reason,
+    };
+    let (n, d) = match *shape {
+        [d] => (1, d),
+        [n, d] => (n, d),
+        _ => return Err(bad(format!("rank {} instead of 1 or 2", shape.len()))),
+    };
+    if n == 0 || d == 0 {
+        return Err(bad("it is empty".into()));
+    }
+    if n > MAX_VECTORS {
+        return Err(bad(format!(
+            "{n} vectors; an embedding has at most {MAX_VECTORS} (CLIP's context is 77 tokens)"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a dtype (before the data is read): float types only.
+pub(crate) fn check_dtype(
+    path: &Path,
+    tensor: &str,
+    dtype: StoredDType,
+) -> Result<(), EmbeddingError> {
+    if dtype.is_float() {
+        Ok(())
+    } else {
+        Err(EmbeddingError::BadDType {
+            path: path.to_path_buf(),
+            tensor: tensor.to_owned(),
+            dtype,
+        })
+    }
+}
+
+/// Refuses NaN and infinite values.
+pub(crate) fn check_finite(path: &Path, e: &LearnedEmbedding) -> Result<(), EmbeddingError> {
+    let count = e.vectors.iter().filter(|v| !v.is_finite()).count();
+    if count == 0 {
+        return Ok(());
+    }
+    let first = e.vectors.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    Err(EmbeddingError::NonFinite {
+        path: path.to_path_buf(),
+        token: e.token.clone(),
+        count,
+        vector: first / e.width.max(1),
+        element: first % e.width.max(1),
+    })
+}
+
+/// The file name without its extension, as A1111 names embeddings.
+pub(crate) fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

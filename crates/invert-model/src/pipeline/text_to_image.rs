@@ -1,0 +1,199 @@
+//! Text-to-image sampling as diffusers' `StableDiffusionPipeline.__call__` does it
+//! (pipelines/stable_diffusion/pipeline_stable_diffusion.py): encode prompt and negative prompt,
+//! start from seeded noise scaled by the sampler's `init_noise_sigma`, denoise with
+//! classifier-free guidance, decode with the VAE.
+
+use burn::prelude::*;
+
+use super::noise::NoiseGenerator;
+use crate::loading::StableDiffusion;
+use crate::schedulers::{NoiseScheduleConfig, SamplerConfig, SchedulerError};
+use crate::vocabulary::{Vocabulary, VocabularyError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("width and height must be positive multiples of 8 (got {width}x{height}); try {}x{}", round8(*.width), round8(*.height))]
+    Size { width: usize, height: usize },
+    #[error("--steps must be at least 1")]
+    Steps,
+    #[error("--cfg must be a finite number >= 0 (got {0})")]
+    Guidance(f64),
+    #[error("init latents have shape {found:?}; this model and size need [{n}, {c}, {h}, {w}]", n = .expected[0], c = .expected[1], h = .expected[2], w = .expected[3])]
+    InitLatents {
+        found: Vec<usize>,
+        expected: [usize; 4],
+    },
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    #[error(transparent)]
+    Prompt(#[from] VocabularyError),
+}
+
+fn round8(v: usize) -> usize {
+    (v.max(8) + 4) / 8 * 8
+}
+
+/// One generation request (one prompt, `count` images with seeds `seed`, `seed + 1`, ...).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: String,
+    pub negative: String,
+    pub steps: usize,
+    pub guidance: f64,
+    pub seed: u64,
+    pub width: usize,
+    pub height: usize,
+    pub sampler: SamplerConfig,
+    /// Text-encoder layers to skip at the end (1 = none; A1111's "clip skip").
+    pub clip_skip: usize,
+    /// Exact starting latents `[count, 4, h/f, w/f]` (e.g. from another tool), instead of noise.
+    pub init_latents: Option<Tensor<4>>,
+}
+
+/// A decoded image, RGB8, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<u8>,
+    pub seed: u64,
+}
+
+/// Checks the request against the model before anything runs.
+pub fn validate(
+    sd: &StableDiffusion,
+    r: &Request,
+    count: usize,
+) -> Result<[usize; 4], GenerateError> {
+    if r.width == 0 || r.height == 0 || !r.width.is_multiple_of(8) || !r.height.is_multiple_of(8) {
+        return Err(GenerateError::Size {
+            width: r.width,
+            height: r.height,
+        });
+    }
+    if r.steps == 0 {
+        return Err(GenerateError::Steps);
+    }
+    if !(r.guidance.is_finite() && r.guidance >= 0.0) {
+        return Err(GenerateError::Guidance(r.guidance));
+    }
+    let f = sd.config.vae.downscale_factor();
+    let shape = [
+        count,
+        sd.config.vae.latent_channels,
+        r.height / f,
+        r.width / f,
+    ];
+    if let Some(l) = &r.init_latents
+        && l.dims() != shape
+    {
+        return Err(GenerateError::InitLatents {
+            found: l.dims().to_vec(),
+            expected: shape,
+        });
+    }
+    Ok(shape)
+}
+
+/// Denoised latents (unscaled, ready for the VAE) for `count` images of `r`. `progress` is
+/// called after each denoising step with (step, total).
+pub fn sample_latents(
+    sd: &StableDiffusion,
+    vocab: &Vocabulary,
+    r: &Request,
+    count: usize,
+    device: &Device,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Tensor<4>, GenerateError> {
+    let shape = validate(sd, r, count)?;
+    let schedule = NoiseScheduleConfig::from_json(&sd.config.scheduler)?;
+    let mut sampler = r.sampler.init(&schedule)?;
+    sampler.set_timesteps(r.steps)?;
+
+    let extra = vocab.extra(device);
+    let prompts = vec![r.prompt.clone(); count];
+    let negatives = vec![r.negative.clone(); count];
+    let (ids, _) = vocab.encode(&prompts, device)?;
+    let (neg_ids, _) = vocab.encode(&negatives, device)?;
+    let cond = sd.text_encoder.forward(ids, extra.as_ref(), r.clip_skip);
+    let guided = r.guidance > 1.0;
+    let context = if guided {
+        let uncond = sd
+            .text_encoder
+            .forward(neg_ids, extra.as_ref(), r.clip_skip);
+        Tensor::cat(vec![uncond, cond], 0)
+    } else {
+        cond
+    };
+
+    // Image i starts from seed + i (A1111's convention), so any image can be made alone again.
+    let mut generators: Vec<NoiseGenerator> = (0..count)
+        .map(|i| NoiseGenerator::new(r.seed + i as u64))
+        .collect();
+    let per_image = [1, shape[1], shape[2], shape[3]];
+    let draw = |gens: &mut Vec<NoiseGenerator>| {
+        Tensor::cat(
+            gens.iter_mut()
+                .map(|g| g.tensor(per_image, device))
+                .collect(),
+            0,
+        )
+    };
+    let initial = match &r.init_latents {
+        Some(l) => l.clone(),
+        None => draw(&mut generators),
+    };
+    let mut latents = initial.mul_scalar(sampler.init_noise_sigma());
+
+    let timesteps: Vec<f64> = sampler.timesteps().to_vec();
+    for (i, &t) in timesteps.iter().enumerate() {
+        let input = sampler.scale_model_input(latents.clone(), i);
+        let input = if guided {
+            Tensor::cat(vec![input.clone(), input], 0)
+        } else {
+            input
+        };
+        let n = input.dims()[0];
+        let t_batch = Tensor::<1>::from_data(TensorData::new(vec![t as f32; n], [n]), device);
+        let out = sd.unet.forward(input, t_batch, context.clone());
+        let out = if guided {
+            let [uncond, text] = out.chunk(2, 0).try_into().expect("two halves");
+            uncond.clone() + (text - uncond).mul_scalar(r.guidance)
+        } else {
+            out
+        };
+        let noise = sampler.needs_noise().then(|| draw(&mut generators));
+        latents = sampler.step(out, i, latents, noise);
+        progress(i + 1, timesteps.len());
+    }
+    Ok(latents)
+}
+
+/// Decodes latents to RGB8 images as diffusers does: `vae.decode(latents / scaling_factor)`,
+/// then `(x / 2 + 0.5).clamp(0, 1) * 255`, rounded.
+pub fn decode(sd: &StableDiffusion, latents: Tensor<4>, seed: u64) -> Vec<Image> {
+    let images = sd.vae.decode(latents.div_scalar(sd.vae.scaling_factor));
+    let [n, _, h, w] = images.dims();
+    let pixels = images
+        .div_scalar(2.0)
+        .add_scalar(0.5)
+        .clamp(0.0, 1.0)
+        .mul_scalar(255.0)
+        .round()
+        .permute([0, 2, 3, 1])
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 pixels");
+    (0..n)
+        .map(|i| Image {
+            width: w,
+            height: h,
+            rgb: pixels[i * h * w * 3..(i + 1) * h * w * 3]
+                .iter()
+                .map(|&v| v as u8)
+                .collect(),
+            seed: seed + i as u64,
+        })
+        .collect()
+}
