@@ -23,6 +23,8 @@ enum Command {
     /// Read, describe and convert textual-inversion embedding files (every common format).
     #[command(subcommand)]
     Embedding(commands::embedding::EmbeddingCommand),
+    /// Generate images from prompts, with any number of learned words.
+    Generate(Box<commands::generate::GenerateArgs>),
 }
 
 fn main() {
@@ -30,6 +32,7 @@ fn main() {
     let result = match cli.command {
         Command::Model(cmd) => commands::model::run(cmd),
         Command::Embedding(cmd) => commands::embedding::run(cmd),
+        Command::Generate(args) => commands::generate::run(*args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -41,6 +41,23 @@ pub struct Vocabulary {
 }
 
 impl Vocabulary {
+    /// The vocabulary of a loaded model: its own `tokenizer/` folder when it has one, else
+    /// invert's bundled CLIP tokenizer (padding with `!` for SD 2.x, as OpenCLIP does).
+    pub fn for_model(sd: &crate::loading::StableDiffusion) -> Result<Self, VocabularyError> {
+        use crate::loading::Family;
+        let tokenizer = match &sd.config.tokenizer_dir {
+            Some(dir) => ClipTokenizer::from_dir(dir)?,
+            None => {
+                let mut t = ClipTokenizer::bundled();
+                if matches!(sd.config.family, Family::Sd2Base | Family::Sd2V) {
+                    t.set_pad_token(crate::tokenizer::SD2_PAD_TOKEN)?;
+                }
+                t
+            }
+        };
+        Ok(Self::new(tokenizer, sd.text_encoder.hidden_size()))
+    }
+
     pub fn new(tokenizer: ClipTokenizer, width: usize) -> Self {
         Self {
             tokenizer,

@@ -10,7 +10,6 @@ use invert_model::embedding::{
     LearnedEmbedding, WriteFormat, check_width, read_embeddings, width_family, write_embedding,
 };
 use invert_model::loading::{Parts, load};
-use invert_model::tokenizer::ClipTokenizer;
 use invert_model::vocabulary::Vocabulary;
 
 use super::model::ModelArgs;
@@ -94,11 +93,8 @@ fn load_text_model(model: &Path, config: Option<PathBuf>) -> Result<TextModel> {
     options.parts = Parts::TEXT_ENCODER;
     let sd = load(model, &options, &Device::flex())
         .with_context(|| format!("could not load the model at {}", model.display()))?;
-    let tokenizer = match &sd.config.tokenizer_dir {
-        Some(dir) => ClipTokenizer::from_dir(dir)
-            .with_context(|| format!("reading the tokenizer in {}", dir.display()))?,
-        None => ClipTokenizer::bundled(),
-    };
+    let vocabulary = Vocabulary::for_model(&sd)
+        .with_context(|| format!("reading the tokenizer of {}", model.display()))?;
     let table = sd
         .text_encoder
         .text_model
@@ -106,11 +102,7 @@ fn load_text_model(model: &Path, config: Option<PathBuf>) -> Result<TextModel> {
         .token_embedding
         .weight
         .val();
-    let width = sd.text_encoder.hidden_size();
-    Ok(TextModel {
-        table,
-        vocabulary: Vocabulary::new(tokenizer, width),
-    })
+    Ok(TextModel { table, vocabulary })
 }
 
 fn describe(path: &Path, e: &LearnedEmbedding, model: Option<&TextModel>, nearest: usize) {

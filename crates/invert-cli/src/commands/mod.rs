@@ -1,2 +1,3 @@
 pub mod embedding;
+pub mod generate;
 pub mod model;

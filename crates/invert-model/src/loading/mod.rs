@@ -130,6 +130,13 @@ pub struct PipelineConfig {
     pub family: Family,
 }
 
+impl PipelineConfig {
+    /// The U-Net's native latent size (`sample_size` in unet/config.json; 64 for SD 1.x).
+    pub fn unet_sample_size(&self) -> usize {
+        self.unet.sample_size
+    }
+}
+
 /// A loaded Stable Diffusion model.
 #[derive(Debug)]
 pub struct StableDiffusion {

@@ -34,6 +34,9 @@ pub struct UNet2DConditionConfig {
     pub up_block_types: Vec<String>,
     #[config(default = 2)]
     pub layers_per_block: usize,
+    /// Native latent size (64 for SD 1.x and 2.x base, 96 for 2.x 768-v).
+    #[config(default = 64)]
+    pub sample_size: usize,
     #[config(default = 768)]
     pub cross_attention_dim: usize,
     /// diffusers' legacy naming: for SD1.x/2.x these are the number of *heads* per block
