@@ -25,6 +25,8 @@ enum Command {
     Embedding(commands::embedding::EmbeddingCommand),
     /// Generate images from prompts, with any number of learned words.
     Generate(Box<commands::generate::GenerateArgs>),
+    /// Learn a new word from a folder of images (textual inversion).
+    Train(Box<commands::train::TrainArgs>),
 }
 
 fn main() {
@@ -33,6 +35,7 @@ fn main() {
         Command::Model(cmd) => commands::model::run(cmd),
         Command::Embedding(cmd) => commands::embedding::run(cmd),
         Command::Generate(args) => commands::generate::run(*args),
+        Command::Train(args) => commands::train::run(*args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

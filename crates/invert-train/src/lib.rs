@@ -1,5 +1,9 @@
-//! Textual-inversion training: data, prompt templates, schedules and the training loop.
+//! Textual-inversion training: data, prompt templates, schedules, the optimiser and the loop.
 
+pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod lr_schedule;
+pub mod optimizer;
 pub mod templates;
+pub mod trainer;

@@ -1,3 +1,4 @@
 pub mod embedding;
 pub mod generate;
 pub mod model;
+pub mod train;

@@ -24,7 +24,7 @@ pub struct ModelArgs {
     pub model: PathBuf,
     /// Architecture for a single-file checkpoint: a diffusers folder or a folder with
     /// text_encoder/, unet/, vae/ (and scheduler/) config files, e.g. configs/sd21-base.
-    #[arg(long)]
+    #[arg(long, alias = "model-config")]
     pub config: Option<PathBuf>,
     /// Prefer this weights variant in diffusers folders (e.g. fp16).
     #[arg(long)]

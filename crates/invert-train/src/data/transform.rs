@@ -14,7 +14,8 @@ use super::TrainImage;
 pub(crate) const FILTER: FilterType = FilterType::CatmullRom;
 
 /// How to cut the square training image out of the resized one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Crop {
     /// The middle (diffusers `--center_crop`); deterministic, so latents can be cached.
     #[default]

@@ -1,0 +1,480 @@
+//! The textual-inversion training loop (Gal et al. 2022, section 4): only the new word's
+//! vectors v* are optimised, by the denoising loss of the frozen model,
+//! `|| eps - eps_theta(z_t, t, c(y with S*)) ||^2`, with `t` uniform and `y` a template prompt.
+//!
+//! - The VAE runs once per distinct (image, flip, crop) before the first step: the posterior's
+//!   mean and std are cached and a latent is drawn from them at every step.
+//! - The text encoder and U-Net are frozen (`no_grad`): no gradient buffers, no optimiser
+//!   state; v* is a separate tensor spliced into the embedding lookup.
+//! - Every random choice of step `k` (images, flips, templates, timesteps, noise) comes from a
+//!   generator seeded with `(seed, k)`, so a resumed run continues bit-exactly from the step
+//!   number alone.
+
+use burn::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use invert_model::loading::StableDiffusion;
+use invert_model::pipeline::NoiseGenerator;
+use invert_model::schedulers::{NoiseSchedule, NoiseScheduleConfig};
+use invert_model::vocabulary::{Init, Vocabulary};
+
+use crate::config::{ScheduleKind, TrainConfig};
+use crate::data::{Crop, ImageSet, prepare};
+use crate::lr_schedule::LrSchedule;
+use crate::optimizer::{OptimizerState, clip_grad_norm};
+use crate::templates::Templates;
+
+/// Random crops cached per image and flip when `--crop random` (the VAE runs once per crop).
+pub const RANDOM_CROPS: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(
+        "step {step}: the loss is {loss} (not finite). The last good embedding is kept; \
+         try a lower learning rate (--lr), gradient clipping (--max-grad-norm 1) or fewer vectors"
+    )]
+    NonFinite { step: usize, loss: f32 },
+}
+
+/// One cached VAE posterior, unscaled, `[4, h, w]`.
+#[derive(Debug, Clone)]
+struct CachedLatent {
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    /// Alpha loss weight at latent resolution, normalised to mean 1.
+    weight: Option<Vec<f32>>,
+    image: usize,
+}
+
+/// What a step reports.
+#[derive(Debug, Clone, Copy)]
+pub struct StepStats {
+    pub step: usize,
+    pub loss: f32,
+    pub lr: f64,
+    /// Mean L2 norm of the learned vectors after the step.
+    pub norm: f32,
+    pub grad_norm: f64,
+}
+
+/// The inputs of one micro-batch, all derived from (seed, step, micro).
+pub struct Batch {
+    pub latents: Tensor<4>,
+    pub noise: Tensor<4>,
+    pub timesteps: Vec<usize>,
+    pub prompts: Vec<String>,
+    pub weights: Option<Tensor<4>>,
+}
+
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub sd: StableDiffusion,
+    pub vocab: Vocabulary,
+    /// The ids of the word's vectors (consecutive).
+    pub ids: Vec<u32>,
+    /// v*, row-major `[vectors, width]`.
+    pub params: Vec<f32>,
+    pub optimizer: OptimizerState,
+    /// Steps done.
+    pub step: usize,
+    pub device: Device,
+    schedule: NoiseSchedule,
+    templates: Templates,
+    captions: Vec<Option<String>>,
+    lr: LrSchedule,
+    cache: Vec<CachedLatent>,
+    latent_shape: [usize; 3],
+    /// Indices into `cache` per (image, flip).
+    variants: Vec<Vec<usize>>,
+    vocab_median_norm: f32,
+}
+
+fn seeded(seed: u64, step: usize, micro: usize) -> ChaCha8Rng {
+    let mix = seed
+        ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    ChaCha8Rng::seed_from_u64(mix)
+}
+
+impl Trainer {
+    /// Sets up a run: the word and its initial vectors, the templates, and the latent cache.
+    /// `sd` must be loaded on `device`, an autodiff device.
+    pub fn new(
+        config: TrainConfig,
+        sd: StableDiffusion,
+        images: &ImageSet,
+        device: Device,
+    ) -> Result<Self, TrainError> {
+        config.validate().map_err(TrainError::Setup)?;
+        let setup = |e: String| TrainError::Setup(e);
+        let sd = StableDiffusion {
+            text_encoder: sd.text_encoder.no_grad(),
+            unet: sd.unet.no_grad(),
+            vae: sd.vae.no_grad(),
+            ..sd
+        };
+        let mut vocab = Vocabulary::for_model(&sd).map_err(|e| setup(e.to_string()))?;
+        let table = sd
+            .text_encoder
+            .text_model
+            .embeddings
+            .token_embedding
+            .weight
+            .val();
+        let init_text = config.init_text();
+        let init = if init_text == "random" {
+            Init::Random(config.seed)
+        } else {
+            Init::Text(init_text.clone())
+        };
+        let params = vocab
+            .init_vectors(&table, &init, config.vectors)
+            .map_err(|e| setup(format!("--init {init_text:?}: {e}")))?;
+        let ids = vocab
+            .add_word(&config.token, &params)
+            .map_err(|e| setup(format!("--token: {e}")))?;
+        let norms = table
+            .clone()
+            .powf_scalar(2.0)
+            .sum_dim(1)
+            .sqrt()
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32");
+        let mut sorted = norms.clone();
+        sorted.sort_by(f32::total_cmp);
+        let vocab_median_norm = sorted[sorted.len() / 2];
+
+        let templates = match &config.templates {
+            Some(path) => Templates::from_file(path).map_err(|e| setup(e.to_string()))?,
+            None => Templates::builtin(config.property),
+        };
+        let schedule_cfg = NoiseScheduleConfig::from_json(&sd.config.scheduler)
+            .map_err(|e| setup(format!("scheduler config: {e}")))?;
+        let schedule = schedule_cfg.init();
+        let base: LrSchedule = config
+            .lr
+            .parse()
+            .map_err(|e: String| setup(format!("--lr: {e}")))?;
+        let lr = match (config.lr_schedule, base) {
+            (ScheduleKind::Constant, s) => s,
+            (ScheduleKind::ConstantWithWarmup, LrSchedule::Constant { lr }) => {
+                LrSchedule::ConstantWithWarmup {
+                    lr,
+                    warmup: config.warmup_steps,
+                }
+            }
+            (ScheduleKind::Cosine, LrSchedule::Constant { lr }) => LrSchedule::Cosine {
+                lr,
+                warmup: config.warmup_steps,
+                total: config.steps,
+            },
+            (_, LrSchedule::Steps(_)) => {
+                return Err(setup(
+                    "--lr-schedule applies to a single --lr value, not a step string".into(),
+                ));
+            }
+            (_, other) => other,
+        };
+        let lr = if config.scale_lr {
+            lr.scaled((config.batch_size * config.grad_accum) as f64)
+        } else {
+            lr
+        };
+
+        let f = sd.config.vae.downscale_factor();
+        let resolution = config
+            .resolution
+            .unwrap_or(f * sd.config.unet_sample_size());
+        let latent_shape = [
+            sd.config.vae.latent_channels,
+            resolution / f,
+            resolution / f,
+        ];
+        let mut trainer = Self {
+            captions: images.images.iter().map(|i| i.caption.clone()).collect(),
+            config,
+            sd,
+            vocab,
+            ids,
+            params,
+            optimizer: OptimizerState::default(),
+            step: 0,
+            device,
+            schedule,
+            templates,
+            lr,
+            cache: Vec::new(),
+            latent_shape,
+            variants: Vec::new(),
+            vocab_median_norm,
+        };
+        trainer.encode_images(images, resolution);
+        Ok(trainer)
+    }
+
+    /// Runs the VAE once per distinct (image, flip, crop) and keeps the posteriors.
+    fn encode_images(&mut self, images: &ImageSet, resolution: usize) {
+        let vae = self.sd.vae.clone().valid();
+        let device = vae.encoder.conv_in.weight.val().device();
+        let crops = if self.config.crop == Crop::Random {
+            RANDOM_CROPS
+        } else {
+            1
+        };
+        let flips: &[bool] = if self.config.flip {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        let [c, h, w] = self.latent_shape;
+        for (index, image) in images.images.iter().enumerate() {
+            for &flip in flips {
+                let mut ids = Vec::new();
+                for k in 0..crops {
+                    let mut rng = seeded(self.config.seed, usize::MAX - index, k);
+                    let prepared = prepare(image, resolution, self.config.crop, flip, &mut rng);
+                    let pixels = Tensor::<4>::from_data(
+                        TensorData::new(prepared.pixels, [1, 3, resolution, resolution]),
+                        &device,
+                    );
+                    let posterior = vae.encode(pixels);
+                    let to_vec = |t: Tensor<4>| {
+                        t.into_data()
+                            .convert::<f32>()
+                            .try_to_vec::<f32>()
+                            .expect("f32")
+                    };
+                    let weight = prepared
+                        .weight
+                        .map(|wgt| latent_weight(&wgt, resolution, h, w));
+                    ids.push(self.cache.len());
+                    self.cache.push(CachedLatent {
+                        mean: to_vec(posterior.mean.clone()),
+                        std: to_vec(posterior.std()),
+                        weight,
+                        image: index,
+                    });
+                }
+                self.variants.push(ids);
+            }
+        }
+        debug_assert!(self.cache.iter().all(|e| e.mean.len() == c * h * w));
+    }
+
+    /// How many VAE encodings the cache holds.
+    pub fn cached_latents(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// The inputs of micro-batch `micro` of step `step`.
+    pub fn batch(&self, step: usize, micro: usize) -> Batch {
+        let mut rng = seeded(self.config.seed, step, micro);
+        let mut noise_rng = NoiseGenerator::new(rng.random());
+        let [c, h, w] = self.latent_shape;
+        let n = self.config.batch_size;
+        let sf = self.sd.vae.scaling_factor as f32;
+        let (mut latents, mut noise, mut timesteps, mut prompts, mut weights) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let any_weight = self.cache.iter().any(|e| e.weight.is_some());
+        for _ in 0..n {
+            let variant = &self.variants[rng.random_range(0..self.variants.len())];
+            let entry = &self.cache[variant[rng.random_range(0..variant.len())]];
+            for i in 0..c * h * w {
+                latents.push((entry.mean[i] + entry.std[i] * noise_rng.normal() as f32) * sf);
+            }
+            for _ in 0..c * h * w {
+                noise.push(noise_rng.normal() as f32);
+            }
+            timesteps.push(rng.random_range(0..self.schedule.num_train_timesteps()));
+            let template = rng.random_range(0..self.templates.len());
+            prompts.push(self.templates.render(
+                template,
+                &self.config.token,
+                self.captions[entry.image].as_deref(),
+            ));
+            if any_weight {
+                let wgt = entry.weight.clone().unwrap_or_else(|| vec![1.0; h * w]);
+                for _ in 0..c {
+                    weights.extend_from_slice(&wgt);
+                }
+            }
+        }
+        let t4 =
+            |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [n, c, h, w]), &self.device);
+        Batch {
+            latents: t4(latents),
+            noise: t4(noise),
+            timesteps,
+            prompts,
+            weights: any_weight.then(|| t4(weights)),
+        }
+    }
+
+    /// The loss of `batch` with learned vectors `v` (`[vectors, width]`, on the autodiff
+    /// device; require a gradient to train). Per-sample MSE, min-SNR and alpha weighted.
+    pub fn loss(&self, v: &Tensor<2>, batch: &Batch) -> Tensor<1> {
+        let n = batch.timesteps.len();
+        let noisy =
+            self.schedule
+                .add_noise(batch.latents.clone(), batch.noise.clone(), &batch.timesteps);
+        let target =
+            self.schedule
+                .target(batch.latents.clone(), batch.noise.clone(), &batch.timesteps);
+        let (ids, _) = self
+            .vocab
+            .encode(&batch.prompts, &self.device)
+            .expect("prompts were checked when the word was added");
+        let context = self
+            .sd
+            .text_encoder
+            .forward(ids, Some(v), self.config.clip_skip);
+        let t = Tensor::<1>::from_data(
+            TensorData::new(
+                batch
+                    .timesteps
+                    .iter()
+                    .map(|&t| t as f32)
+                    .collect::<Vec<_>>(),
+                [n],
+            ),
+            &self.device,
+        );
+        let pred = self.sd.unet.forward(noisy, t, context);
+        let mut err = (pred - target).powf_scalar(2.0);
+        if let Some(w) = &batch.weights {
+            err = err * w.clone();
+        }
+        let per_sample = err.reshape([n as i32, -1]).mean_dim(1).reshape([n]);
+        let per_sample = match self.config.min_snr_gamma {
+            Some(gamma) => {
+                let w = self
+                    .schedule
+                    .min_snr_weights(&batch.timesteps, gamma as f32);
+                per_sample * Tensor::<1>::from_data(TensorData::new(w, [n]), &self.device)
+            }
+            None => per_sample,
+        };
+        per_sample.mean()
+    }
+
+    /// The learned vectors as a tensor on the training device.
+    pub fn params_tensor(&self) -> Tensor<2> {
+        let width = self.vocab.width();
+        Tensor::from_data(
+            TensorData::new(self.params.clone(), [self.config.vectors, width]),
+            &self.device,
+        )
+    }
+
+    /// Gradient of the loss of `batch` times `scale` with respect to v* at the current
+    /// `params`, and that scaled loss.
+    pub fn gradient_of(&self, batch: &Batch, scale: f64) -> (Vec<f32>, f32) {
+        let v = self.params_tensor().require_grad();
+        let loss = self.loss(&v, batch).mul_scalar(scale);
+        let value = loss.clone().into_scalar::<f32>();
+        let grads = loss.backward();
+        let g = v
+            .grad(&grads)
+            .expect("v* takes part in the loss")
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32");
+        (g, value)
+    }
+
+    /// Gradient of the mean loss over `micro` batches with respect to v*, and that loss.
+    pub fn gradient(&self, step: usize) -> (Vec<f32>, f32) {
+        let accum = self.config.grad_accum;
+        let mut grad = vec![0.0f32; self.params.len()];
+        let mut loss_sum = 0.0;
+        for micro in 0..accum {
+            let (g, loss) = self.gradient_of(&self.batch(step, micro), 1.0 / accum as f64);
+            loss_sum += loss;
+            grad.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+        }
+        (grad, loss_sum)
+    }
+
+    /// One optimisation step.
+    pub fn train_step(&mut self) -> Result<StepStats, TrainError> {
+        let step = self.step;
+        let (mut grad, loss) = self.gradient(step);
+        if !loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
+            return Err(TrainError::NonFinite {
+                step: step + 1,
+                loss,
+            });
+        }
+        let grad_norm = clip_grad_norm(&mut grad, self.config.max_grad_norm);
+        let lr = self.lr.lr_at(step);
+        self.config
+            .optimizer
+            .step(&mut self.optimizer, &mut self.params, &grad, lr);
+        let width = self.vocab.width();
+        if let Some(factor) = self.config.norm_guard {
+            let limit = factor as f32 * self.vocab_median_norm;
+            for row in self.params.chunks_mut(width) {
+                let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+                if n > limit {
+                    row.iter_mut().for_each(|x| *x *= limit / n);
+                }
+            }
+        }
+        self.vocab.set_vectors(self.ids[0], &self.params);
+        self.step += 1;
+        let norm = self
+            .params
+            .chunks(width)
+            .map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt())
+            .sum::<f32>()
+            / self.config.vectors as f32;
+        Ok(StepStats {
+            step: self.step,
+            loss,
+            lr,
+            norm,
+            grad_norm,
+        })
+    }
+
+    /// The vocabulary's median token-vector norm (what `--norm-guard` is relative to).
+    pub fn vocab_median_norm(&self) -> f32 {
+        self.vocab_median_norm
+    }
+
+    /// Restores the state of a resumed run.
+    pub fn restore(&mut self, step: usize, params: Vec<f32>, optimizer: OptimizerState) {
+        self.step = step;
+        self.params = params;
+        self.optimizer = optimizer;
+        self.vocab.set_vectors(self.ids[0], &self.params);
+    }
+}
+
+/// Downsamples a `[res, res]` alpha weight to the latent grid by averaging, normalised to mean
+/// 1 (A1111's alpha-weighted loss).
+fn latent_weight(weight: &[f32], res: usize, h: usize, w: usize) -> Vec<f32> {
+    let (fy, fx) = (res / h, res / w);
+    let mut out = vec![0.0f32; h * w];
+    for y in 0..h {
+        for x in 0..w {
+            let mut s = 0.0;
+            for dy in 0..fy {
+                for dx in 0..fx {
+                    s += weight[(y * fy + dy) * res + x * fx + dx];
+                }
+            }
+            out[y * w + x] = s / (fy * fx) as f32;
+        }
+    }
+    let mean = out.iter().sum::<f32>() / out.len() as f32;
+    if mean > 0.0 {
+        out.iter_mut().for_each(|v| *v /= mean);
+    }
+    out
+}
