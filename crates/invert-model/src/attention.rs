@@ -9,7 +9,9 @@ use burn::tensor::DType;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
-use crate::layers::{group_norm, image_to_tokens, tokens_to_image};
+use crate::cpu::attention::attention_tokens;
+use crate::cpu::fused_path;
+use crate::layers::{group_norm, group_norm_act, image_to_tokens, linear_fused, tokens_to_image};
 
 #[derive(Config, Debug)]
 pub struct AttentionConfig {
@@ -70,11 +72,11 @@ impl Attention {
     /// Token attention: `x` is `[b, lq, query_dim]`, `context` `[b, lk, cross_dim]` or `None`.
     pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>) -> Tensor<3> {
         let context = context.unwrap_or_else(|| x.clone());
-        let q = self.to_q.forward(x);
-        let k = self.to_k.forward(context.clone());
-        let v = self.to_v.forward(context);
+        let q = linear_fused(&self.to_q, x);
+        let k = linear_fused(&self.to_k, context.clone());
+        let v = linear_fused(&self.to_v, context);
         let out = multi_head_attention(q, k, v, self.heads, self.upcast, false);
-        self.to_out[0].forward(out)
+        linear_fused(&self.to_out[0], out)
     }
 
     /// Spatial self-attention over an image `[b, c, h, w]` (the VAE mid-block form: optional
@@ -83,7 +85,7 @@ impl Attention {
         let [_, _, h, w] = x.dims();
         let residual = x.clone();
         let x = match &self.group_norm {
-            Some(norm) => norm.forward(x),
+            Some(norm) => group_norm_act(norm, x, false),
             None => x,
         };
         let out = tokens_to_image(self.forward(image_to_tokens(x), None), h, w);
@@ -108,6 +110,23 @@ pub fn multi_head_attention(
     let [b, lq, inner] = q.dims();
     let lk = k.dims()[1];
     let d = inner / heads;
+    let device = q.device();
+    if fused_path(&device, q.dtype()) {
+        // Inference on flex: the fused kernel reads the token layout directly.
+        let (qd, kd, vd) = (q.into_data(), k.into_data(), v.into_data());
+        let out = attention_tokens(
+            qd.as_slice::<f32>().expect("f32 query"),
+            kd.as_slice::<f32>().expect("f32 key"),
+            vd.as_slice::<f32>().expect("f32 value"),
+            b,
+            lq,
+            lk,
+            heads,
+            d,
+            causal,
+        );
+        return Tensor::from_data(TensorData::new(out, [b, lq, inner]), &device);
+    }
     let split = |t: Tensor<3>, l: usize| t.reshape([b, l, heads, d]).swap_dims(1, 2);
     let (mut q, mut k, mut v) = (split(q, lq), split(k, lk), split(v, lk));
     let dtype = q.dtype();

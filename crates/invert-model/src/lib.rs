@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod clip;
+pub mod cpu;
 pub mod device;
 pub mod embedding;
 pub mod inspect;

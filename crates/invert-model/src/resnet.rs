@@ -7,7 +7,7 @@ use burn::nn::{GroupNorm, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
-use crate::layers::{conv2d, group_norm, upsample_nearest};
+use crate::layers::{Pre, conv_fused, conv2d, group_norm, upsample_nearest};
 
 #[derive(Config, Debug)]
 pub struct ResnetBlock2DConfig {
@@ -49,20 +49,23 @@ impl ResnetBlock2DConfig {
 impl ResnetBlock2D {
     /// `temb` is the U-Net's time embedding `[b, temb_channels]` (ignored by VAE blocks).
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let h = match (&self.time_emb_proj, temb) {
-            (Some(proj), Some(temb)) => {
-                let t = proj.forward(silu(temb.clone()));
-                h + t.unsqueeze_dims::<4>(&[2, 3])
-            }
-            _ => h,
+        // The time embedding is a per-channel bias of conv1's output.
+        let t = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => Some(proj.forward(silu(temb.clone()))),
+            _ => None,
         };
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = conv_fused(
+            &self.conv1,
+            x.clone(),
+            Pre::Norm(&self.norm1, true),
+            t,
+            None,
+        );
         let x = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
+            Some(conv) => conv_fused(conv, x, Pre::None, None, None),
             None => x,
         };
-        x + h
+        conv_fused(&self.conv2, h, Pre::Norm(&self.norm2, true), None, Some(x))
     }
 }
 
@@ -122,7 +125,11 @@ impl Upsample2D {
     pub fn forward(&self, x: Tensor<4>, size: Option<[usize; 2]>) -> Tensor<4> {
         let [_, _, h, w] = x.dims();
         let size = size.unwrap_or([h * 2, w * 2]);
-        self.conv.forward(upsample_nearest(x, size))
+        if size == [h * 2, w * 2] {
+            conv_fused(&self.conv, x, Pre::Upsample2x, None, None)
+        } else {
+            self.conv.forward(upsample_nearest(x, size))
+        }
     }
 }
 

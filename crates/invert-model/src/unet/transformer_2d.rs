@@ -7,7 +7,11 @@ use burn::prelude::*;
 use burn::tensor::activation::gelu;
 
 use crate::attention::{Attention, AttentionConfig};
-use crate::layers::{conv2d, group_norm, image_to_tokens, tokens_to_image};
+use crate::cpu::{self, Values};
+use crate::layers::{
+    Pre, conv_fused, conv2d, group_norm, group_norm_act, image_to_tokens, linear_fused,
+    tokens_to_image,
+};
 
 /// GEGLU: `proj` to twice the width, the second half gates the first through exact GELU.
 #[derive(Module, Debug)]
@@ -25,13 +29,14 @@ pub struct FeedForward {
 
 impl FeedForward {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [h, gate] = self
-            .geglu
-            .proj
-            .forward(x)
-            .chunk(2, 2)
-            .try_into()
-            .expect("two halves");
+        let y = linear_fused(&self.geglu.proj, x);
+        let device = y.device();
+        if cpu::fused_path(&device, y.dtype()) {
+            let [b, l, two] = y.dims();
+            let gated = cpu::act::geglu(Values::of(y).as_slice(), b * l, two / 2);
+            return linear_fused(&self.proj_out, cpu::tensor(gated, [b, l, two / 2], &device));
+        }
+        let [h, gate] = y.chunk(2, 2).try_into().expect("two halves");
         self.proj_out.forward(h * gelu(gate))
     }
 }
@@ -134,18 +139,30 @@ impl Transformer2DModel {
     pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
         let [_, _, h, w] = x.dims();
         let residual = x.clone();
-        let x = self.norm.forward(x);
         let mut tokens = match &self.proj_in {
-            Projection::Conv(conv) => image_to_tokens(conv.forward(x)),
-            Projection::Linear(lin) => lin.forward(image_to_tokens(x)),
+            Projection::Conv(conv) => image_to_tokens(conv_fused(
+                conv,
+                x,
+                Pre::Norm(&self.norm, false),
+                None,
+                None,
+            )),
+            Projection::Linear(lin) => {
+                lin.forward(image_to_tokens(group_norm_act(&self.norm, x, false)))
+            }
         };
         for block in &self.transformer_blocks {
             tokens = block.forward(tokens, context);
         }
-        let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(tokens_to_image(tokens, h, w)),
-            Projection::Linear(lin) => tokens_to_image(lin.forward(tokens), h, w),
-        };
-        out + residual
+        match &self.proj_out {
+            Projection::Conv(conv) => conv_fused(
+                conv,
+                tokens_to_image(tokens, h, w),
+                Pre::None,
+                None,
+                Some(residual),
+            ),
+            Projection::Linear(lin) => residual + tokens_to_image(lin.forward(tokens), h, w),
+        }
     }
 }

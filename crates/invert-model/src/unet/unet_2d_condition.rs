@@ -4,7 +4,6 @@
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 
 use super::config::UNet2DConditionConfig;
 use super::embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, timestep_projection};
@@ -12,7 +11,7 @@ use super::unet_blocks::{
     BlockSettings, BlockShape, DownBlock, UNetMidBlock2DCrossAttn, UNetMidBlock2DCrossAttnConfig,
     UpBlock,
 };
-use crate::layers::{conv2d, group_norm};
+use crate::layers::{Pre, conv_fused, conv2d, group_norm};
 
 #[derive(Module, Debug)]
 pub struct UNet2DConditionModel {
@@ -144,6 +143,12 @@ impl UNet2DConditionModel {
             });
             h = block.forward(h, mine, &temb, &context, size);
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+        conv_fused(
+            &self.conv_out,
+            h,
+            Pre::Norm(&self.conv_norm_out, true),
+            None,
+            None,
+        )
     }
 }

@@ -4,11 +4,10 @@
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 
 use super::config::AutoencoderKLConfig;
 use crate::attention::{Attention, AttentionConfig};
-use crate::layers::{conv2d, group_norm};
+use crate::layers::{Pre, conv_fused, conv2d, group_norm};
 use crate::resnet::{
     Downsample2D, Downsample2DConfig, ResnetBlock2D, ResnetBlock2DConfig, Upsample2D,
     Upsample2DConfig,
@@ -131,7 +130,13 @@ impl Encoder {
             }
         }
         h = self.mid_block.forward(h);
-        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+        conv_fused(
+            &self.conv_out,
+            h,
+            Pre::Norm(&self.conv_norm_out, true),
+            None,
+            None,
+        )
     }
 }
 
@@ -175,6 +180,12 @@ impl Decoder {
                 h = up.forward(h, None);
             }
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+        conv_fused(
+            &self.conv_out,
+            h,
+            Pre::Norm(&self.conv_norm_out, true),
+            None,
+            None,
+        )
     }
 }

@@ -50,8 +50,9 @@ pub fn load_tiny_sd1(device: &Device) -> StableDiffusion {
     load(&tiny_sd1(), &LoadOptions::default(), device).expect("tiny-sd1 loads")
 }
 
-/// Writes `images` solid-colour 64x64 PNGs (a small red square on a colour) into `dir/images`
-/// and loads them.
+/// Writes one 64x64 PNG per background colour into `dir/images` and loads them: a red square
+/// (200, 30, 30) at rows 16..40, columns 20..44 on the colour (with (90, 120, 200), the "red toy"
+/// image of `tests/fixtures/tiny-sd1-conditional`).
 pub fn image_folder(dir: &Path, colours: &[[u8; 3]]) -> (PathBuf, ImageSet) {
     let folder = dir.join("images");
     std::fs::create_dir_all(&folder).unwrap();
