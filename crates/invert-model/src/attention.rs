@@ -97,6 +97,38 @@ impl Attention {
     }
 }
 
+/// The most bytes one slice of attention scores may take (see [`multi_head_attention`]).
+const SCORE_SLICE_BYTES: usize = 256 << 20;
+
+/// Query rows per slice so that `[bh, rows, lk]` scores stay under [`SCORE_SLICE_BYTES`].
+fn query_slice_rows(bh: usize, lq: usize, lk: usize, elem_bytes: usize) -> usize {
+    let per_row = (bh * lk * elem_bytes).max(1);
+    (SCORE_SLICE_BYTES / per_row).clamp(1, lq.max(1))
+}
+
+/// Attention of `[b, heads, lq, d]` queries taken `rows` at a time.
+fn sliced_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    options: AttentionModuleOptions,
+    rows: usize,
+) -> Tensor<4> {
+    let lq = q.dims()[2];
+    if rows >= lq {
+        return attention(q, k, v, None, None, options);
+    }
+    let slices = (0..lq)
+        .step_by(rows)
+        .map(|start| {
+            let end = (start + rows).min(lq);
+            let q = q.clone().slice(s![.., .., start..end, ..]);
+            attention(q, k.clone(), v.clone(), None, None, options)
+        })
+        .collect();
+    Tensor::cat(slices, 2)
+}
+
 /// Splits `[b, l, heads*d]` projections into heads, runs SDPA with scale `1/sqrt(d)` and merges
 /// the heads back. `causal` masks future positions (CLIP's text encoder).
 pub fn multi_head_attention(
@@ -140,7 +172,15 @@ pub fn multi_head_attention(
         is_causal: causal,
         ..Default::default()
     };
-    let mut out = attention(q, k, v, None, None, options);
+    // Sliced attention (diffusers' `enable_attention_slicing`): burn's attention materialises
+    // the `[b, heads, lq, lk]` score matrix, 17 GB at a 256x256 latent; query slices bound it.
+    // The causal mask depends on absolute positions, and only CLIP's 77 tokens use it.
+    let mut out = if causal {
+        attention(q, k, v, None, None, options)
+    } else {
+        let rows = query_slice_rows(b * heads, lq, lk, q.dtype().size());
+        sliced_attention(q, k, v, options, rows)
+    };
     if upcast {
         out = out.cast(dtype);
     }
@@ -150,6 +190,23 @@ pub fn multi_head_attention(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sliced_attention_equals_whole() {
+        let device = Device::flex();
+        let n = |shape: [usize; 4]| {
+            Tensor::<4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device)
+        };
+        let (q, k, v) = (n([2, 3, 10, 4]), n([2, 3, 7, 4]), n([2, 3, 7, 4]));
+        let options = AttentionModuleOptions::default();
+        let whole = attention(q.clone(), k.clone(), v.clone(), None, None, options);
+        let sliced = sliced_attention(q, k, v, options, 3);
+        let diff = (whole - sliced).abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-6, "{diff}");
+        // 256 MiB of f32 scores over 8 heads x 65536 keys: 128 query rows per slice.
+        assert_eq!(query_slice_rows(8, 65536, 65536, 4), 128);
+        assert_eq!(query_slice_rows(8, 64, 77, 4), 64);
+    }
     use burn::tensor::Distribution;
     use burn::tensor::activation::softmax;
 

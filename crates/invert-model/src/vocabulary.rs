@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::tensor::Distribution;
+use burn::tensor::{DType, Distribution};
 
 use crate::embedding::{EmbeddingError, LearnedEmbedding, check_width};
 use crate::tokenizer::{ClipTokenizer, TokenizerError};
@@ -166,6 +166,8 @@ impl Vocabulary {
         init: &Init,
         n: usize,
     ) -> Result<Vec<f32>, VocabularyError> {
+        // Learned vectors are f32 whatever the model's precision.
+        let table = &table.clone().cast(DType::F32);
         let [vocab, width] = table.dims();
         match init {
             Init::Text(text) => {
@@ -202,6 +204,7 @@ impl Vocabulary {
 
     /// The `k` vocabulary words closest to `vector` by cosine similarity in `table`.
     pub fn nearest_words(&self, table: &Tensor<2>, vector: &[f32], k: usize) -> Vec<(String, f32)> {
+        let table = &table.clone().cast(DType::F32);
         let [vocab, width] = table.dims();
         let v = Tensor::<2>::from_data(
             TensorData::new(vector.to_vec(), [width, 1]),

@@ -140,3 +140,67 @@ pub fn load_checkpoint(
         },
     ))
 }
+
+/// The path of the resumable state inside a run folder.
+pub fn state_path(out: &Path) -> PathBuf {
+    checkpoint_dir(out).join("state.safetensors")
+}
+
+/// Drops the lines of `out/log.jsonl` for steps after `step`. A run killed between logging a
+/// step and saving its checkpoint has logged steps that `--resume` will run again; without this
+/// the log would hold them twice. The log is rewritten atomically.
+pub fn trim_log(out: &Path, step: usize) -> Result<(), String> {
+    let path = out.join("log.jsonl");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut kept = String::with_capacity(text.len());
+    for line in text.lines() {
+        // A line cut by the kill is not JSON: dropped with the steps after the checkpoint.
+        let logged = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v["step"].as_u64());
+        if logged.is_some_and(|s| s as usize <= step) {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    if kept.len() != text.len() {
+        write_atomic(&path, kept.as_bytes(), true).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Removes the temporary files (`.NAME.invert-tmp-PID-N`, see `write_atomic`) that a killed
+/// run left in `out` and its checkpoint folder: only those of processes that no longer run,
+/// so a concurrent writer is never disturbed. Where process ids cannot be checked (no
+/// `/proc`), nothing is removed. Returns how many were removed.
+pub fn remove_stale_temp_files(out: &Path) -> usize {
+    if !Path::new("/proc/self").exists() {
+        return 0;
+    }
+    let mut removed = 0;
+    for dir in [out.to_path_buf(), checkpoint_dir(out)] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.starts_with('.'))
+                .and_then(|n| n.rsplit_once(".invert-tmp-"))
+                .and_then(|(_, tail)| tail.split('-').next()?.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let alive = Path::new(&format!("/proc/{pid}")).exists();
+            if !alive && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}

@@ -66,6 +66,11 @@ pub struct TrainConfig {
     pub preview_steps: usize,
     pub clip_skip: usize,
     pub device: String,
+    /// Compute dtype of the frozen models: f32, f16 or bf16 (v* and the loss stay f32).
+    pub precision: String,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them
+    /// (burn's balanced checkpointing): less memory, more time.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainConfig {
@@ -107,6 +112,8 @@ impl Default for TrainConfig {
             preview_steps: 25,
             clip_skip: 1,
             device: "cpu".into(),
+            precision: "f32".into(),
+            gradient_checkpointing: false,
         }
     }
 }
@@ -134,6 +141,13 @@ impl TrainConfig {
         {
             return Err(format!(
                 "--resolution must be a positive multiple of 8 (got {r})"
+            ));
+        }
+        if !invert_model::device::PRECISIONS.contains(&self.precision.as_str()) {
+            return Err(format!(
+                "--precision must be one of {} (got {})",
+                invert_model::device::PRECISIONS.join(", "),
+                self.precision
             ));
         }
         if self.clip_skip == 0 {

@@ -11,6 +11,7 @@
 //!   number alone.
 
 use burn::prelude::*;
+use burn::tensor::DType;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -90,7 +91,12 @@ pub struct Trainer {
     /// Indices into `cache` per (image, flip).
     variants: Vec<Vec<usize>>,
     vocab_median_norm: f32,
+    /// The frozen models' compute dtype (`--precision`).
+    model_dtype: DType,
 }
+
+/// The first loss scale tried for f16 backward passes (see [`Trainer::gradient_of`]).
+const F16_LOSS_SCALE: f64 = 65536.0;
 
 fn seeded(seed: u64, step: usize, micro: usize) -> ChaCha8Rng {
     let mix = seed
@@ -123,7 +129,8 @@ impl Trainer {
             .embeddings
             .token_embedding
             .weight
-            .val();
+            .val()
+            .cast(DType::F32);
         let init_text = config.init_text();
         let init = if init_text == "random" {
             Init::Random(config.seed)
@@ -189,6 +196,7 @@ impl Trainer {
         let resolution = config
             .resolution
             .unwrap_or(f * sd.config.unet_sample_size());
+        let model_dtype = sd.unet.conv_in.weight.val().dtype();
         let latent_shape = [
             sd.config.vae.latent_channels,
             resolution / f,
@@ -211,6 +219,7 @@ impl Trainer {
             latent_shape,
             variants: Vec::new(),
             vocab_median_norm,
+            model_dtype,
         };
         trainer.encode_images(images, resolution);
         Ok(trainer)
@@ -343,7 +352,8 @@ impl Trainer {
             ),
             &self.device,
         );
-        let pred = self.sd.unet.forward(noisy, t, context);
+        // The loss is f32 whatever the model's precision (`--precision`).
+        let pred = self.sd.unet.forward(noisy, t, context).cast(DType::F32);
         let mut err = (pred - target).powf_scalar(2.0);
         if let Some(w) = &batch.weights {
             err = err * w.clone();
@@ -372,19 +382,37 @@ impl Trainer {
 
     /// Gradient of the loss of `batch` times `scale` with respect to v* at the current
     /// `params`, and that scaled loss.
+    ///
+    /// With an f16 model the backward pass is loss-scaled (Micikevicius et al. 2018, "Mixed
+    /// Precision Training"): the per-element gradients of an SD loss are around 1e-4 at the
+    /// U-Net's output and smaller inside, below f16's normal range (6e-5), so unscaled they flush
+    /// to zero. The scaled gradient is divided back in f32; a scale that overflows is halved
+    /// until the gradient is finite. bf16 has f32's range and needs no scale.
     pub fn gradient_of(&self, batch: &Batch, scale: f64) -> (Vec<f32>, f32) {
-        let v = self.params_tensor().require_grad();
-        let loss = self.loss(&v, batch).mul_scalar(scale);
-        let value = loss.clone().into_scalar::<f32>();
-        let grads = loss.backward();
-        let g = v
-            .grad(&grads)
-            .expect("v* takes part in the loss")
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .expect("f32");
-        (g, value)
+        let mut loss_scale = if self.model_dtype == DType::F16 {
+            F16_LOSS_SCALE
+        } else {
+            1.0
+        };
+        loop {
+            let v = self.params_tensor().require_grad();
+            let loss = self.loss(&v, batch).mul_scalar(scale);
+            let value = loss.clone().into_scalar::<f32>();
+            let grads = loss.mul_scalar(loss_scale).backward();
+            let g: Vec<f32> = v
+                .grad(&grads)
+                .expect("v* takes part in the loss")
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .expect("f32");
+            if loss_scale > 1.0 && g.iter().any(|x| !x.is_finite()) {
+                loss_scale /= 16.0;
+                continue;
+            }
+            let unscale = (1.0 / loss_scale) as f32;
+            return (g.into_iter().map(|x| x * unscale).collect(), value);
+        }
     }
 
     /// Gradient of the mean loss over `micro` batches with respect to v*, and that loss.

@@ -89,9 +89,9 @@ fn load_text_model(model: &Path, config: Option<PathBuf>) -> Result<TextModel> {
         device: "cpu".into(),
         precision: "f32".into(),
     };
-    let mut options = args.options();
+    let (device, mut options) = args.device_and_options()?;
     options.parts = Parts::TEXT_ENCODER;
-    let sd = load(model, &options, &Device::flex())
+    let sd = load(model, &options, &device)
         .with_context(|| format!("could not load the model at {}", model.display()))?;
     let vocabulary = Vocabulary::for_model(&sd)
         .with_context(|| format!("reading the tokenizer of {}", model.display()))?;

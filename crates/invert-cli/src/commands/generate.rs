@@ -52,7 +52,9 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
     /// Classifier-free guidance scale (1 or less turns guidance off).
-    #[arg(long, default_value_t = 7.5)]
+    // Negative numbers parse as values, so `--cfg -1` gets invert's message, not clap's
+    // "unexpected argument".
+    #[arg(long, default_value_t = 7.5, allow_negative_numbers = true)]
     pub cfg: f64,
     /// Seed of the first image; image i uses seed + i. Default: a random seed, printed.
     #[arg(long)]
@@ -180,17 +182,32 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.count == 0 || args.batch_size == 0 {
         bail!("--images and --batch-size must be at least 1");
     }
-    let device = invert_model::device::by_name(&args.model.device).map_err(|e| anyhow!(e))?;
-    let sd: StableDiffusion = load(&args.model.model, &args.model.options(), &device)
+    let (device, options) = args.model.device_and_options()?;
+    let sd: StableDiffusion = load(&args.model.model, &options, &device)
         .with_context(|| format!("could not load the model at {}", args.model.model.display()))?;
 
     let mut vocab = Vocabulary::for_model(&sd).context("setting up the tokenizer")?;
     let mut ti_hashes = Vec::new();
+    let mut loaded: Vec<(String, &Path)> = Vec::new();
     for path in &args.embeddings {
         let hash = short_hash(path)?;
         for e in
             read_embeddings(path, None).with_context(|| format!("reading {}", path.display()))?
         {
+            // Two files defining one word: name both, which the tokenizer alone cannot.
+            if let Some((_, first)) = loaded
+                .iter()
+                .find(|(t, _)| t.to_lowercase() == e.token.to_lowercase())
+            {
+                bail!(
+                    "the word `{}` is defined by both {} and {}; pass only one of them, or give \
+                     one another token with `invert embedding convert IN OUT --token NEW`",
+                    e.token,
+                    first.display(),
+                    path.display()
+                );
+            }
+            loaded.push((e.token.clone(), path));
             vocab
                 .add_embedding(&e, path)
                 .with_context(|| format!("adding `{}` from {}", e.token, path.display()))?;

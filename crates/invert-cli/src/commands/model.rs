@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
-use burn::tensor::DType;
+use burn::prelude::Device;
 use clap::{Args, Subcommand};
 use invert_model::inspect::parameter_count;
 use invert_model::loading::{LoadOptions, load};
@@ -36,23 +36,24 @@ pub struct ModelArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Compute precision of the frozen weights.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    #[arg(long, default_value = "f32", value_parser = invert_model::device::PRECISIONS)]
     pub precision: String,
 }
 
 impl ModelArgs {
-    pub fn options(&self) -> LoadOptions {
-        LoadOptions {
-            dtype: match self.precision.as_str() {
-                "f16" => DType::F16,
-                "bf16" => DType::BF16,
-                _ => DType::F32,
-            },
+    /// The `--device` and the load options (`--precision` checked against that device).
+    pub fn device_and_options(&self) -> Result<(Device, LoadOptions)> {
+        let device = invert_model::device::by_name(&self.device).map_err(|e| anyhow!(e))?;
+        let dtype = invert_model::device::precision(&self.precision, &device)
+            .map_err(|e| anyhow!("--precision: {e}"))?;
+        let options = LoadOptions {
+            dtype,
             variant: self.variant.clone(),
             config_dir: self.config.clone(),
             use_ema: self.ema,
             ..Default::default()
-        }
+        };
+        Ok((device, options))
     }
 }
 
@@ -69,9 +70,9 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
 }
 
 fn info(args: InfoArgs) -> Result<()> {
-    let device = invert_model::device::by_name(&args.model.device).map_err(|e| anyhow!(e))?;
+    let (device, options) = args.model.device_and_options()?;
     let start = Instant::now();
-    let sd = load(&args.model.model, &args.model.options(), &device)
+    let sd = load(&args.model.model, &options, &device)
         .with_context(|| format!("could not load the model at {}", args.model.model.display()))?;
     let c = &sd.config;
     println!("model:        {}", sd.source.display());

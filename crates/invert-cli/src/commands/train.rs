@@ -16,7 +16,8 @@ use invert_model::pipeline::{
 use invert_model::schedulers::{SamplerConfig, SamplerKind};
 use invert_model::weights::safetensors_write::write_atomic;
 use invert_train::checkpoint::{
-    load_checkpoint, load_config, save_checkpoint, save_config, save_embedding,
+    load_checkpoint, load_config, remove_stale_temp_files, save_checkpoint, save_config,
+    save_embedding, state_path, trim_log,
 };
 use invert_train::config::{ScheduleKind, TrainConfig};
 use invert_train::data::{Crop, LoadImagesOptions, load_image_folder};
@@ -114,8 +115,15 @@ pub struct TrainArgs {
     /// Start over in an --out folder that already holds a run.
     #[arg(long)]
     pub overwrite: bool,
+    /// Backend: cpu, or wgpu in GPU builds.
     #[arg(long)]
     pub device: Option<String>,
+    /// Compute precision of the frozen models (v* and the loss stay f32).
+    #[arg(long, value_parser = invert_model::device::PRECISIONS)]
+    pub precision: Option<String>,
+    /// Recompute activations in the backward pass to save memory (slower).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
 }
 
 fn file_config(path: &Path) -> Result<TrainConfig> {
@@ -149,7 +157,8 @@ fn effective_config(a: &TrainArgs) -> Result<TrainConfig> {
         save_every,
         preview_every,
         clip_skip,
-        device
+        device,
+        precision
     );
     if a.model_config.is_some() {
         c.model_config = a.model_config.clone();
@@ -203,6 +212,7 @@ fn effective_config(a: &TrainArgs) -> Result<TrainConfig> {
     c.flip &= !a.no_flip;
     c.alpha_mask |= a.alpha_mask;
     c.skip_bad |= a.skip_bad;
+    c.gradient_checkpointing |= a.gradient_checkpointing;
     if !a.preview_prompts.is_empty() {
         c.preview_prompts = a.preview_prompts.clone();
     }
@@ -333,6 +343,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         );
     }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    remove_stale_temp_files(&out);
 
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
@@ -351,11 +362,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     for w in &images.warnings {
         eprintln!("warning: {w}");
     }
-    let device = invert_model::device::by_name(&config.device)
+    let mut device = invert_model::device::by_name(&config.device)
         .map_err(|e| anyhow!(e))?
         .autodiff();
+    if config.gradient_checkpointing {
+        device = device.gradient_checkpointing();
+    }
     let options = LoadOptions {
         config_dir: config.model_config.clone(),
+        dtype: invert_model::device::precision(&config.precision, &device)
+            .map_err(|e| anyhow!("--precision: {e}"))?,
         ..Default::default()
     };
     let sd = load(&config.model, &options, &device)
@@ -365,11 +381,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
         images.images.len()
     );
     let mut trainer = Trainer::new(config.clone(), sd, &images, device).map_err(|e| anyhow!(e))?;
-    if let Some(dir) = &args.resume {
+    if let Some(dir) = args.resume.as_ref().filter(|d| state_path(d).exists()) {
         let (step, params, opt) =
             load_checkpoint(dir, trainer.params.len()).map_err(|e| anyhow!(e))?;
         trainer.restore(step, params, opt);
+        trim_log(dir, step).map_err(|e| anyhow!(e))?;
         eprintln!("resuming at step {step} of {}", config.steps);
+    } else if args.resume.is_some() {
+        // Stopped (or killed) before its first checkpoint: nothing was learned yet.
+        eprintln!("no checkpoint was saved yet; starting the run from step 0");
+        let _ = std::fs::remove_file(out.join("log.jsonl"));
     } else {
         let _ = std::fs::remove_file(out.join("log.jsonl"));
     }

@@ -152,6 +152,7 @@ impl CLIPTextModel {
         let device = ids.device();
         let vocab = self.vocab_size() as i64;
         let table = self.text_model.embeddings.token_embedding.weight.val();
+        let dtype = table.dtype();
         let tokens = match extra {
             None => embedding(table, ids),
             Some(extra) => {
@@ -159,7 +160,8 @@ impl CLIPTextModel {
                 let base_ids = ids.clone().mask_fill(is_new.clone(), 0);
                 let new_ids = (ids - vocab).clamp_min(0);
                 let base = embedding(table, base_ids);
-                let new = embedding(extra.clone(), new_ids);
+                // Learned vectors stay f32 (the optimiser's copy); the cast is differentiable.
+                let new = embedding(extra.clone().cast(dtype), new_ids);
                 let d = base.dims()[2];
                 base.mask_where(is_new.unsqueeze_dim::<3>(2).expand([b, l, d]), new)
             }

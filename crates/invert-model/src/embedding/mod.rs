@@ -31,6 +31,16 @@ mod read;
 mod write;
 
 pub use read::read_embeddings;
+
+/// Reads an A1111 embedding image from bytes in memory (`path` only names it in messages): the
+/// entry point of the `png_embedding` fuzz target. Files go through [`read_embeddings`], which
+/// detects PNGs and calls the same reader.
+pub fn read_png_embedding(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Vec<LearnedEmbedding>, EmbeddingError> {
+    png_embed::read_png_bytes(path, bytes)
+}
 pub use write::{WriteFormat, write_embedding};
 
 /// Most vectors one embedding may have: CLIP's context is 77 tokens, two of them BOS/EOS.

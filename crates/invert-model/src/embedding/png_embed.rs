@@ -79,7 +79,15 @@ pub(super) fn read_png(path: &Path) -> Result<Vec<LearnedEmbedding>, EmbeddingEr
         path: path.to_path_buf(),
         source,
     })?;
-    let mut decoder = png::Decoder::new(Cursor::new(&bytes[..]));
+    read_png_bytes(path, &bytes)
+}
+
+/// [`read_png`] on bytes already in memory; `path` is only used in messages.
+pub(super) fn read_png_bytes(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Vec<LearnedEmbedding>, EmbeddingError> {
+    let mut decoder = png::Decoder::new(Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = decoder.read_info().map_err(|e| png_error(path, e))?;
     if let Some((text, chunk)) = find_text(path, reader.info())? {

@@ -6,7 +6,7 @@
 //! (PyTorch `Linear` weights are transposed relative to burn's, norms call their parameters
 //! `gamma`/`beta`) are handled by burn-store's `PyTorchToBurnAdapter`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use burn::module::Module;
 use burn::store::{ApplyError, ModuleSnapshot, PyTorchToBurnAdapter};
@@ -69,6 +69,7 @@ fn source_shape(reader: &dyn TensorReader, source: &KeySource) -> Result<Vec<usi
 
 fn read_source(reader: &dyn TensorReader, source: &KeySource) -> Result<Vec<f32>, WeightError> {
     let values = reader.read_f32(&source.key)?;
+    crate::weights::check_finite(reader.path(), &source.key, &values)?;
     Ok(match source.chunk {
         Some((index, count)) => {
             let len = values.len() / count;
@@ -90,20 +91,27 @@ pub fn apply<M: Module + ModuleSnapshot>(
 ) -> Result<LoadReport, LoadError> {
     let mut tensors = Vec::with_capacity(assignments.len());
     let mut source_of = std::collections::HashMap::new();
+    // burn wraps a reader's error in its own text; the first one is kept to be reported as is.
+    let read_error: Arc<Mutex<Option<WeightError>>> = Arc::default();
     for a in assignments {
         let shape = source_shape(reader.as_ref(), &a.source)?;
         let shape_for_report = shape.clone();
         let shared = reader.clone();
         let source = a.source.clone();
         let declared = Shape::from(shape.clone());
+        let read_error = read_error.clone();
         tensors.push(burn::store::bridge::deferred(
             a.path.clone(),
             dtype,
             declared,
             None,
             move || {
-                let values = read_source(shared.as_ref(), &source)
-                    .map_err(|e| burn::store::burn_pack::Error::ValidationError(e.to_string()))?;
+                let values = read_source(shared.as_ref(), &source).map_err(|e| {
+                    let msg = e.to_string();
+                    let mut slot = read_error.lock().unwrap_or_else(|p| p.into_inner());
+                    slot.get_or_insert(e);
+                    burn::store::burn_pack::Error::ValidationError(msg)
+                })?;
                 Ok(TensorData::new(values, shape.clone()).convert_dtype(dtype))
             },
         ));
@@ -122,6 +130,10 @@ pub fn apply<M: Module + ModuleSnapshot>(
     let result = module.apply(tensors, None, Some(Box::new(PyTorchToBurnAdapter)), true);
 
     let file = reader.path().to_path_buf();
+    let read_error = read_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(e) = read_error {
+        return Err(LoadError::Weights(e));
+    }
     if let Some(err) = result.errors.first() {
         return Err(match err {
             ApplyError::ShapeMismatch { path, expected, .. } => {

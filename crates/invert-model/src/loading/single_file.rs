@@ -44,6 +44,14 @@ pub fn sniff(path: &Path) -> Result<FileKind, LoadError> {
     if n == 9 && head[8] == b'{' {
         return Ok(FileKind::Safetensors);
     }
+    if n == 0 {
+        return Err(LoadError::Layout {
+            path: path.to_path_buf(),
+            reason: "the file is empty (0 bytes): the download or copy did not finish; get \
+                     the checkpoint again"
+                .into(),
+        });
+    }
     Err(LoadError::Layout {
         path: path.to_path_buf(),
         reason: "not a safetensors file or a torch checkpoint (unrecognised first bytes); \

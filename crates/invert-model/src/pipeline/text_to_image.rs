@@ -4,6 +4,7 @@
 //! classifier-free guidance, decode with the VAE.
 
 use burn::prelude::*;
+use burn::tensor::DType;
 
 use super::noise::NoiseGenerator;
 use crate::loading::StableDiffusion;
@@ -155,7 +156,11 @@ pub fn sample_latents(
         };
         let n = input.dims()[0];
         let t_batch = Tensor::<1>::from_data(TensorData::new(vec![t as f32; n], [n]), device);
-        let out = sd.unet.forward(input, t_batch, context.clone());
+        // Guidance and the sampler's arithmetic run in f32 whatever the model's precision.
+        let out = sd
+            .unet
+            .forward(input, t_batch, context.clone())
+            .cast(DType::F32);
         let out = if guided {
             let [uncond, text] = out.chunk(2, 0).try_into().expect("two halves");
             uncond.clone() + (text - uncond).mul_scalar(r.guidance)
@@ -172,7 +177,10 @@ pub fn sample_latents(
 /// Decodes latents to RGB8 images as diffusers does: `vae.decode(latents / scaling_factor)`,
 /// then `(x / 2 + 0.5).clamp(0, 1) * 255`, rounded.
 pub fn decode(sd: &StableDiffusion, latents: Tensor<4>, seed: u64) -> Vec<Image> {
-    let images = sd.vae.decode(latents.div_scalar(sd.vae.scaling_factor));
+    let images = sd
+        .vae
+        .decode(latents.div_scalar(sd.vae.scaling_factor))
+        .cast(DType::F32);
     let [n, _, h, w] = images.dims();
     let pixels = images
         .div_scalar(2.0)

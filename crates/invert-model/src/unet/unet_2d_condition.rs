@@ -124,6 +124,10 @@ impl UNet2DConditionModel {
         timesteps: Tensor<1>,
         context: Tensor<3>,
     ) -> Tensor<4> {
+        // Callers keep latents and conditioning in f32; the network computes in its weights'
+        // dtype (f16/bf16 with `--precision`), and the prediction is returned in that dtype.
+        let dtype = self.conv_in.weight.val().dtype();
+        let (sample, context) = (sample.cast(dtype), context.cast(dtype));
         let temb = self.time_embed(timesteps);
         let mut h = self.conv_in.forward(sample);
         let mut skips = vec![h.clone()];

@@ -70,6 +70,7 @@ impl AutoencoderKLConfig {
 impl AutoencoderKL {
     /// Image `[b, 3, H, W]` in [-1, 1] to the latent posterior (unscaled latents).
     pub fn encode(&self, image: Tensor<4>) -> DiagonalGaussian {
+        let image = image.cast(self.encoder.conv_in.weight.val().dtype());
         let mut moments = self.encoder.forward(image);
         if let Some(conv) = &self.quant_conv {
             moments = conv.forward(moments);
@@ -83,6 +84,7 @@ impl AutoencoderKL {
 
     /// Unscaled latents `[b, 4, h, w]` to an image in about [-1, 1].
     pub fn decode(&self, latents: Tensor<4>) -> Tensor<4> {
+        let latents = latents.cast(self.decoder.conv_in.weight.val().dtype());
         let z = match &self.post_quant_conv {
             Some(conv) => conv.forward(latents),
             None => latents,

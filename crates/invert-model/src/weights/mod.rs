@@ -81,6 +81,17 @@ pub enum WeightError {
     UnsafeGlobal { path: PathBuf, global: String },
     #[error("{path}: no tensor named `{name}`")]
     NoSuchTensor { path: PathBuf, name: String },
+    /// NaN or infinity in a weight: the model would silently produce black or noise images.
+    #[error(
+        "{path}: tensor `{name}` holds {count} NaN/infinite value(s) (first at element {first}); \
+         the checkpoint is damaged or was saved from a diverged run: re-download or re-export it"
+    )]
+    NonFinite {
+        path: PathBuf,
+        name: String,
+        count: usize,
+        first: usize,
+    },
     #[error("{path}: tensor `{name}` has dtype {dtype:?}, which cannot be read as float")]
     NotFloat {
         path: PathBuf,
@@ -98,4 +109,18 @@ pub trait TensorReader: Send + Sync {
     fn meta(&self, name: &str) -> Option<&TensorMeta>;
     /// The tensor's values as f32 in row-major (C) order, converted from f64/f16/bf16.
     fn read_f32(&self, name: &str) -> Result<Vec<f32>, WeightError>;
+}
+
+/// Refuses values with NaN or infinity, naming the tensor (checked when weights are loaded;
+/// one pass over data that was just read, cheap next to reading it).
+pub fn check_finite(path: &std::path::Path, name: &str, values: &[f32]) -> Result<(), WeightError> {
+    let Some(first) = values.iter().position(|v| !v.is_finite()) else {
+        return Ok(());
+    };
+    Err(WeightError::NonFinite {
+        path: path.to_path_buf(),
+        name: name.to_string(),
+        count: values[first..].iter().filter(|v| !v.is_finite()).count(),
+        first,
+    })
 }

@@ -64,6 +64,21 @@ fn parse_dtype(s: &str) -> Option<StoredDType> {
     })
 }
 
+/// The 8-byte length prefix must leave room for the header in the file (and stay under the
+/// format's 100 MB cap), or the file is not safetensors or was cut short.
+fn check_header_len(path: &Path, header_len: u64, file_len: u64) -> Result<(), WeightError> {
+    if header_len > MAX_HEADER || header_len > file_len - 8 {
+        return Err(corrupt(
+            path,
+            format!(
+                "header length {header_len} does not fit in a {file_len}-byte file: not a \
+                 safetensors file, or truncated"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<Self, WeightError> {
         let file = File::open(path).map_err(|e| io(path, e))?;
@@ -78,99 +93,12 @@ impl SafetensorsFile {
         file.read_exact_at(&mut len_bytes, 0)
             .map_err(|e| io(path, e))?;
         let header_len = u64::from_le_bytes(len_bytes);
-        if header_len > MAX_HEADER || header_len > file_len - 8 {
-            return Err(corrupt(
-                path,
-                format!(
-                    "header length {header_len} does not fit in a {file_len}-byte file: not a safetensors file, or truncated"
-                ),
-            ));
-        }
+        check_header_len(path, header_len, file_len)?;
         let mut header = vec![0u8; header_len as usize];
         file.read_exact_at(&mut header, 8)
             .map_err(|e| io(path, e))?;
-        let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
-            .map_err(|e| corrupt(path, format!("header is not valid JSON: {e}")))?;
         let data_start = 8 + header_len;
-        let data_len = file_len - data_start;
-
-        let mut entries = BTreeMap::new();
-        let mut metadata = HashMap::new();
-        for (name, value) in header {
-            if name == "__metadata__" {
-                if let Some(map) = value.as_object() {
-                    for (k, v) in map {
-                        if let Some(s) = v.as_str() {
-                            metadata.insert(k.clone(), s.to_string());
-                        }
-                    }
-                }
-                continue;
-            }
-            let bad = |why: &str| corrupt(path, format!("tensor `{name}`: {why}"));
-            let obj = value
-                .as_object()
-                .ok_or_else(|| bad("header entry is not an object"))?;
-            let dtype_str = obj
-                .get("dtype")
-                .and_then(|v| v.as_str())
-                .ok_or_else(|| bad("no dtype"))?;
-            let dtype = parse_dtype(dtype_str)
-                .ok_or_else(|| bad(&format!("unsupported dtype {dtype_str}")))?;
-            let shape = obj
-                .get("shape")
-                .and_then(|v| v.as_array())
-                .ok_or_else(|| bad("no shape"))?
-                .iter()
-                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-                .collect::<Option<Vec<usize>>>()
-                .ok_or_else(|| bad("shape is not a list of sizes"))?;
-            let offsets = obj
-                .get("data_offsets")
-                .and_then(|v| v.as_array())
-                .filter(|a| a.len() == 2)
-                .and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)))
-                .ok_or_else(|| bad("data_offsets is not [begin, end]"))?;
-            let (begin, end) = offsets;
-            if begin > end || end > data_len {
-                return Err(bad(&format!(
-                    "data_offsets [{begin}, {end}] lie outside the {data_len} data bytes (truncated file?)"
-                )));
-            }
-            let numel = shape
-                .iter()
-                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-                .ok_or_else(|| bad("shape overflows"))?;
-            let expected = (numel as u128) * dtype.size() as u128;
-            if expected != (end - begin) as u128 {
-                return Err(bad(&format!(
-                    "shape {shape:?} of {dtype_str} needs {expected} bytes but data_offsets span {}",
-                    end - begin
-                )));
-            }
-            entries.insert(
-                name,
-                Entry {
-                    meta: TensorMeta { dtype, shape },
-                    start: data_start + begin,
-                    end: data_start + end,
-                },
-            );
-        }
-        // Overlapping ranges mean a forged header; the format forbids them.
-        let mut ranges: Vec<(u64, u64, &str)> = entries
-            .iter()
-            .map(|(n, e)| (e.start, e.end, n.as_str()))
-            .collect();
-        ranges.sort();
-        for pair in ranges.windows(2) {
-            if pair[1].0 < pair[0].1 {
-                return Err(corrupt(
-                    path,
-                    format!("tensors `{}` and `{}` overlap", pair[0].2, pair[1].2),
-                ));
-            }
-        }
+        let (entries, metadata) = parse_header(path, &header, data_start, file_len - data_start)?;
         Ok(Self {
             path: path.to_path_buf(),
             file,
@@ -199,6 +127,126 @@ impl SafetensorsFile {
             .map_err(|err| io(&self.path, err))?;
         Ok(buf)
     }
+}
+
+/// A validated header: the tensors by name, and the `__metadata__` strings.
+type ParsedHeader = (BTreeMap<String, Entry>, HashMap<String, String>);
+
+/// Validates a safetensors JSON header (the bytes after the 8-byte length) against the
+/// `data_len` bytes that follow it, `data_start` being where they begin in the file. Every
+/// tensor's range must lie inside the data, match its shape and dtype exactly, and not overlap
+/// another; nothing is allocated from a claimed size. Shared by [`SafetensorsFile::open`] and
+/// [`check_safetensors_bytes`].
+fn parse_header(
+    path: &Path,
+    header: &[u8],
+    data_start: u64,
+    data_len: u64,
+) -> Result<ParsedHeader, WeightError> {
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header)
+        .map_err(|e| corrupt(path, format!("header is not valid JSON: {e}")))?;
+
+    let mut entries = BTreeMap::new();
+    let mut metadata = HashMap::new();
+    for (name, value) in header {
+        if name == "__metadata__" {
+            if let Some(map) = value.as_object() {
+                for (k, v) in map {
+                    if let Some(s) = v.as_str() {
+                        metadata.insert(k.clone(), s.to_string());
+                    }
+                }
+            }
+            continue;
+        }
+        let bad = |why: &str| corrupt(path, format!("tensor `{name}`: {why}"));
+        let obj = value
+            .as_object()
+            .ok_or_else(|| bad("header entry is not an object"))?;
+        let dtype_str = obj
+            .get("dtype")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| bad("no dtype"))?;
+        let dtype =
+            parse_dtype(dtype_str).ok_or_else(|| bad(&format!("unsupported dtype {dtype_str}")))?;
+        let shape = obj
+            .get("shape")
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| bad("no shape"))?
+            .iter()
+            .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| bad("shape is not a list of sizes"))?;
+        let offsets = obj
+            .get("data_offsets")
+            .and_then(|v| v.as_array())
+            .filter(|a| a.len() == 2)
+            .and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)))
+            .ok_or_else(|| bad("data_offsets is not [begin, end]"))?;
+        let (begin, end) = offsets;
+        if begin > end || end > data_len {
+            return Err(bad(&format!(
+                "data_offsets [{begin}, {end}] lie outside the {data_len} data bytes (truncated file?)"
+            )));
+        }
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| bad("shape overflows"))?;
+        let expected = (numel as u128) * dtype.size() as u128;
+        if expected != (end - begin) as u128 {
+            return Err(bad(&format!(
+                "shape {shape:?} of {dtype_str} needs {expected} bytes but data_offsets span {}",
+                end - begin
+            )));
+        }
+        entries.insert(
+            name,
+            Entry {
+                meta: TensorMeta { dtype, shape },
+                start: data_start + begin,
+                end: data_start + end,
+            },
+        );
+    }
+    // Overlapping ranges mean a forged header; the format forbids them.
+    let mut ranges: Vec<(u64, u64, &str)> = entries
+        .iter()
+        .map(|(n, e)| (e.start, e.end, n.as_str()))
+        .collect();
+    ranges.sort();
+    for pair in ranges.windows(2) {
+        if pair[1].0 < pair[0].1 {
+            return Err(corrupt(
+                path,
+                format!("tensors `{}` and `{}` overlap", pair[0].2, pair[1].2),
+            ));
+        }
+    }
+    Ok((entries, metadata))
+}
+
+/// Validates a whole safetensors file held in memory (length prefix, header, data ranges) and
+/// returns its tensors' metadata, without converting any data. `path` is only used in messages.
+/// This is the entry point of the `safetensors_header` fuzz target; loading goes through
+/// [`SafetensorsFile::open`], which applies the same checks.
+pub fn check_safetensors_bytes(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Vec<(String, TensorMeta)>, WeightError> {
+    let file_len = bytes.len() as u64;
+    if file_len < 8 {
+        return Err(corrupt(
+            path,
+            format!("{file_len} bytes is too short for a safetensors file (truncated?)"),
+        ));
+    }
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    check_header_len(path, header_len, file_len)?;
+    let data_start = 8 + header_len;
+    let header = &bytes[8..data_start as usize];
+    let (entries, _) = parse_header(path, header, data_start, file_len - data_start)?;
+    Ok(entries.into_iter().map(|(n, e)| (n, e.meta)).collect())
 }
 
 impl TensorReader for SafetensorsFile {

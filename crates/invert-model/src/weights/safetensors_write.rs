@@ -127,6 +127,32 @@ pub fn exists_error(path: &Path) -> WeightError {
     )
 }
 
+/// A failed write of the temporary copy, reported against the file the user asked for (the
+/// temporary name alone would puzzle), with what to do for the usual causes.
+fn write_failed(path: &Path, tmp: &Path, e: std::io::Error) -> WeightError {
+    use std::io::ErrorKind;
+    let hint = match e.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            ": free some disk space or write to another folder"
+        }
+        ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => {
+            ": the folder is not writable; choose another folder or fix its permissions"
+        }
+        _ => "",
+    };
+    let tmp_name = tmp.file_name().unwrap_or_default().to_string_lossy();
+    io(
+        path,
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "{e} (while writing the temporary file {tmp_name}; any existing file at this \
+                 path is unchanged){hint}"
+            ),
+        ),
+    )
+}
+
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Removes the temporary file unless disarmed.
@@ -182,12 +208,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<(), We
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
                 attempt += 1;
             }
-            Err(e) => return Err(io(&tmp, e)),
+            Err(e) => return Err(write_failed(path, &tmp, e)),
         }
     };
     let mut guard = TempGuard(Some(tmp.clone()));
-    f.write_all(bytes).map_err(|e| io(&tmp, e))?;
-    f.sync_all().map_err(|e| io(&tmp, e))?;
+    f.write_all(bytes)
+        .map_err(|e| write_failed(path, &tmp, e))?;
+    f.sync_all().map_err(|e| write_failed(path, &tmp, e))?;
     drop(f);
     if overwrite {
         std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;

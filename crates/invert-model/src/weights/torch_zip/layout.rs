@@ -21,7 +21,16 @@ pub(super) fn read_zip(
     file: File,
     file_len: u64,
 ) -> Result<(Pickle, BTreeMap<String, Loc>), WeightError> {
-    let zip_err = |e: zip::result::ZipError| corrupt(path, format!("not a valid zip archive: {e}"));
+    // A zip's directory is at its end, so a cut-off download loses it first: say so.
+    let zip_err = |e: zip::result::ZipError| {
+        corrupt(
+            path,
+            format!(
+                "not a valid zip archive ({e}); the file is probably truncated (an unfinished \
+                 download or copy) or damaged: get it again"
+            ),
+        )
+    };
     let mut zip = ZipArchive::new(file).map_err(zip_err)?;
     let pkl = zip
         .file_names()
