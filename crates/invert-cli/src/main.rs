@@ -30,6 +30,7 @@ enum Command {
 }
 
 fn main() {
+    invert_model::cpu::allocator::tune_for_tensors();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Model(cmd) => commands::model::run(cmd),

@@ -19,6 +19,7 @@
 //! `INVERT_THREADS=n` to set the number of threads.
 
 pub mod act;
+pub mod allocator;
 pub mod attention;
 pub mod conv;
 pub mod linear;
