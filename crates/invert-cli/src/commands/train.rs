@@ -492,8 +492,10 @@ mod tests {
             (7, Property::Style, Some(512))
         );
         assert_eq!(c.out, PathBuf::from("out/s"));
-        let bad = dir.join("../../target/bad-preset.toml");
+        let bad =
+            std::env::temp_dir().join(format!("invert-bad-preset-{}.toml", std::process::id()));
         std::fs::write(&bad, "stepz = 3\n").unwrap();
         assert!(file_config(&bad).unwrap_err().to_string().contains("stepz"));
+        let _ = std::fs::remove_file(&bad);
     }
 }
