@@ -57,28 +57,37 @@ pub struct TrainArgs {
     /// Template file (`{}` = the word, `{caption}` = the image's caption).
     #[arg(long)]
     pub templates: Option<PathBuf>,
+    /// Optimisation steps (default 5000, the paper's; with --resume: extend the run to this).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Images per step (default 1).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Gradient accumulation: micro-batches per optimiser step (default 1).
     #[arg(long)]
     pub grad_accum: Option<usize>,
     /// Learning rate, or A1111's schedule string "0.005:100, 1e-3:1000, 1e-4".
     #[arg(long)]
     pub lr: Option<String>,
+    /// Learning-rate schedule for a numeric --lr (default constant).
     #[arg(long, value_parser = ["constant", "constant_with_warmup", "cosine"])]
     pub lr_schedule: Option<String>,
+    /// Warm-up steps of constant_with_warmup and cosine (default 0).
     #[arg(long)]
     pub warmup_steps: Option<usize>,
     /// Multiply the learning rate by batch size x accumulation (the paper's code does).
     #[arg(long)]
     pub scale_lr: Option<bool>,
+    /// Optimiser (default adamw).
     #[arg(long, value_parser = ["adamw", "sgd"])]
     pub optimizer: Option<String>,
+    /// AdamW weight decay (default 0.01).
     #[arg(long)]
     pub weight_decay: Option<f64>,
+    /// Clip the gradient's L2 norm to this (default 0 = off).
     #[arg(long)]
     pub max_grad_norm: Option<f64>,
+    /// Min-SNR-gamma loss weighting, e.g. 5 (default off).
     #[arg(long)]
     pub min_snr_gamma: Option<f64>,
     /// Keep learned vectors at most this many times the vocabulary's median norm.
@@ -87,8 +96,10 @@ pub struct TrainArgs {
     /// Training resolution in pixels (default: the model's native size).
     #[arg(long)]
     pub resolution: Option<usize>,
+    /// Crop after resizing the short side (default center).
     #[arg(long, value_parser = ["center", "random"])]
     pub crop: Option<String>,
+    /// Do not flip images horizontally (default: flip with p = 0.5).
     #[arg(long)]
     pub no_flip: bool,
     /// Use the images' alpha channel as a per-pixel loss weight.
@@ -97,8 +108,10 @@ pub struct TrainArgs {
     /// Skip unreadable files with a warning instead of stopping.
     #[arg(long)]
     pub skip_bad: bool,
+    /// Seed of every random choice of the run (default 23).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Save learned_embeds-steps-N.safetensors every N steps (default 500; 0 = only at the end).
     #[arg(long)]
     pub save_every: Option<usize>,
     /// Preview images every N steps (0 = never).
@@ -107,6 +120,7 @@ pub struct TrainArgs {
     /// A preview prompt (repeat for several; default: the first template with the word).
     #[arg(long = "preview-prompt")]
     pub preview_prompts: Vec<String>,
+    /// Text-encoder layer to condition on: 1 = last (default), 2 = penultimate.
     #[arg(long)]
     pub clip_skip: Option<usize>,
     /// Output folder (default ./out/<token>).
