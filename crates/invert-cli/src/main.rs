@@ -27,6 +27,14 @@ enum Command {
     Generate(Box<commands::generate::GenerateArgs>),
     /// Learn a new word from a folder of images (textual inversion).
     Train(Box<commands::train::TrainArgs>),
+    /// Train the bundled base model (VAE, U-Net, text encoder) on the procedural world.
+    Pretrain(Box<commands::pretrain::PretrainArgs>),
+    /// Measure the bundled model and learned words with the world oracle (fidelity,
+    /// reconstruction vs editability, composition).
+    Eval(Box<commands::eval::EvalArgs>),
+    /// The procedural world: sample pictures, write the concept sets, train the oracle.
+    #[command(subcommand)]
+    World(commands::world::WorldCommand),
 }
 
 fn main() {
@@ -37,6 +45,9 @@ fn main() {
         Command::Embedding(cmd) => commands::embedding::run(cmd),
         Command::Generate(args) => commands::generate::run(*args),
         Command::Train(args) => commands::train::run(*args),
+        Command::Pretrain(args) => commands::pretrain::run(*args),
+        Command::World(cmd) => commands::world::run(cmd),
+        Command::Eval(args) => commands::eval::run(*args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -12,6 +12,7 @@ pub mod layers;
 pub mod loading;
 pub mod pipeline;
 pub mod resnet;
+pub mod saving;
 pub mod schedulers;
 pub mod tokenizer;
 pub mod unet;

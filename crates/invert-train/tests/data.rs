@@ -203,6 +203,7 @@ fn loads_sorted_with_captions_and_ignores_hidden_files() {
     std::fs::write(d.file(".DS_Store"), [0u8, 1, 2]).unwrap();
     std::fs::write(d.file("._a.png"), [0u8, 5, 22, 7]).unwrap();
     std::fs::write(d.file("Thumbs.db"), [0xd0u8, 0xcf]).unwrap();
+    std::fs::write(d.file("README.md"), "# my concept\n").unwrap();
     std::fs::create_dir(d.file("more")).unwrap();
     write_png(&d.file("more/d.png"), solid(20, 20, [9, 9, 9]));
 

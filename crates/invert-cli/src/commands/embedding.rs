@@ -82,7 +82,7 @@ struct TextModel {
 
 fn load_text_model(model: &Path, config: Option<PathBuf>) -> Result<TextModel> {
     let args = ModelArgs {
-        model: model.to_path_buf(),
+        model: Some(model.to_path_buf()),
         config,
         variant: None,
         ema: false,

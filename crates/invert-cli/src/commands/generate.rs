@@ -183,8 +183,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         bail!("--images and --batch-size must be at least 1");
     }
     let (device, options) = args.model.device_and_options()?;
-    let sd: StableDiffusion = load(&args.model.model, &options, &device)
-        .with_context(|| format!("could not load the model at {}", args.model.model.display()))?;
+    let model_path = args.model.path();
+    let sd: StableDiffusion = load(&model_path, &options, &device)
+        .with_context(|| format!("could not load the model at {}", model_path.display()))?;
 
     let mut vocab = Vocabulary::for_model(&sd).context("setting up the tokenizer")?;
     let mut ti_hashes = Vec::new();

@@ -19,9 +19,9 @@ pub enum ModelCommand {
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// A diffusers folder, a Hugging Face cache folder (models--org--name), or a single-file
-    /// .safetensors/.ckpt checkpoint.
+    /// .safetensors/.ckpt checkpoint (default: the bundled model, models/world, or $INVERT_MODEL).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Architecture for a single-file checkpoint: a diffusers folder or a folder with
     /// text_encoder/, unet/, vae/ (and scheduler/) config files, e.g. configs/sd21-base.
     #[arg(long, alias = "model-config")]
@@ -41,6 +41,13 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// `--model`, or the bundled model.
+    pub fn path(&self) -> PathBuf {
+        self.model
+            .clone()
+            .unwrap_or_else(invert_model::loading::default_model_dir)
+    }
+
     /// The `--device` and the load options (`--precision` checked against that device).
     pub fn device_and_options(&self) -> Result<(Device, LoadOptions)> {
         let device = invert_model::device::by_name(&self.device).map_err(|e| anyhow!(e))?;
@@ -72,8 +79,9 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
 fn info(args: InfoArgs) -> Result<()> {
     let (device, options) = args.model.device_and_options()?;
     let start = Instant::now();
-    let sd = load(&args.model.model, &options, &device)
-        .with_context(|| format!("could not load the model at {}", args.model.model.display()))?;
+    let path = args.model.path();
+    let sd = load(&path, &options, &device)
+        .with_context(|| format!("could not load the model at {}", path.display()))?;
     let c = &sd.config;
     println!("model:        {}", sd.source.display());
     println!("family:       {}", c.family.describe());

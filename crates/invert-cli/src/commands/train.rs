@@ -33,7 +33,8 @@ pub struct TrainArgs {
     /// Continue the run whose output folder this is (bit-exactly: same data order and noise).
     #[arg(long, conflicts_with = "config")]
     pub resume: Option<PathBuf>,
-    /// Model: diffusers folder, Hugging Face cache folder or single-file checkpoint.
+    /// Model: diffusers folder, Hugging Face cache folder or single-file checkpoint (default:
+    /// the bundled model, models/world, or $INVERT_MODEL).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Architecture folder for a single-file --model (see `invert model info --help`).
@@ -231,7 +232,7 @@ fn effective_config(a: &TrainArgs) -> Result<TrainConfig> {
         c.preview_prompts = a.preview_prompts.clone();
     }
     if c.model.as_os_str().is_empty() {
-        bail!("--model is required (a diffusers folder or a .safetensors/.ckpt checkpoint)");
+        c.model = invert_model::loading::default_model_dir();
     }
     if c.images.as_os_str().is_empty() {
         bail!("--images is required (a folder of 3-5 images of the concept)");
@@ -487,11 +488,14 @@ mod tests {
         let mut n = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
             let c = file_config(&path).unwrap_or_else(|e| panic!("{e}"));
             assert!(c.steps > 0, "{}", path.display());
             n += 1;
         }
-        assert!(n >= 5);
+        assert!(n >= 7);
         let args = TrainArgs {
             config: Some(dir.join("sd1-style.toml")),
             model: Some("m".into()),

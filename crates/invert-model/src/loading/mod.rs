@@ -149,6 +149,17 @@ pub struct StableDiffusion {
     pub reports: Vec<(String, LoadReport)>,
 }
 
+/// The bundled model used when no `--model` is given: `$INVERT_MODEL` if set, else
+/// `models/world` of the invert checkout this binary was built from (trained by
+/// `invert pretrain`, see `configs/pretrain/world.toml`).
+pub fn default_model_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("INVERT_MODEL") {
+        return PathBuf::from(p);
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/world");
+    dir.canonicalize().unwrap_or(dir)
+}
+
 /// Loads a diffusers folder, a Hugging Face cache snapshot or a single-file checkpoint.
 pub fn load(
     path: &Path,

@@ -16,6 +16,12 @@ pub const LDM_EMA_PREFIX: &str = "model_ema.";
 /// `model_ema` (`convert_ldm_unet_checkpoint`: "at least a 100 parameters").
 const MIN_EMA_KEYS: usize = 100;
 
+/// The inverse of [`to_burn_path`] as regexes on burn paths, for `saving`.
+pub const FROM_BURN_PATTERNS: &[(&str, &str)] = &[
+    (r"\.ff\.geglu\.proj\.", ".ff.net.0.proj."),
+    (r"\.ff\.proj_out\.", ".ff.net.2."),
+];
+
 /// Burn parameter path of a diffusers U-Net key; `None` for keys the model does not use (the
 /// U-Net has no buffers, so every key gets a path; unknown ones then show up as unexpected).
 ///

@@ -181,9 +181,20 @@ struct Listing {
     bad: Vec<BadFile>,
 }
 
+/// Hidden files, OS litter, and notes kept beside the pictures (a README, a licence file):
+/// documentation extensions are never images, so they are skipped rather than reported.
 fn is_ignored(name: &OsStr) -> bool {
     let bytes = name.as_encoded_bytes();
+    let doc = Path::new(name)
+        .extension()
+        .and_then(OsStr::to_str)
+        .is_some_and(|e| {
+            ["md", "markdown", "rst", "license"]
+                .iter()
+                .any(|d| e.eq_ignore_ascii_case(d))
+        });
     bytes.first() == Some(&b'.')
+        || doc
         || bytes.eq_ignore_ascii_case(b"Thumbs.db")
         || bytes.eq_ignore_ascii_case(b"desktop.ini")
 }

@@ -1,0 +1,156 @@
+//! The reconstruction-vs-editability plot of the paper's Figure 10, as a PNG: one marker per
+//! (concept, method), the colour giving the method and the shape the concept.
+
+use super::font::glyph;
+use super::{ConceptScore, Method};
+
+const W: usize = 720;
+const H: usize = 520;
+/// Plot area: left, top, right, bottom.
+const AREA: (usize, usize, usize, usize) = (70, 40, 470, 440);
+
+struct Canvas {
+    rgb: Vec<u8>,
+}
+
+impl Canvas {
+    fn new() -> Self {
+        Self {
+            rgb: vec![255; W * H * 3],
+        }
+    }
+
+    fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
+        if x >= 0 && y >= 0 && (x as usize) < W && (y as usize) < H {
+            let i = (y as usize * W + x as usize) * 3;
+            self.rgb[i..i + 3].copy_from_slice(&c);
+        }
+    }
+
+    fn rect(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, c: [u8; 3]) {
+        for y in y0..=y1 {
+            for x in x0..=x1 {
+                self.set(x, y, c);
+            }
+        }
+    }
+
+    fn text(&mut self, x: i64, y: i64, s: &str, scale: i64, c: [u8; 3]) {
+        for (k, ch) in s.chars().enumerate() {
+            let g = glyph(ch);
+            let ox = x + k as i64 * 6 * scale;
+            for (row, bits) in g.iter().enumerate() {
+                for col in 0..5 {
+                    if bits & (0x10 >> col) != 0 {
+                        let (px, py) = (ox + col * scale, y + row as i64 * scale);
+                        self.rect(px, py, px + scale - 1, py + scale - 1, c);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A filled marker of `shape` (0 circle, 1 square, 2 triangle, 3 diamond) centred at (x, y).
+    fn marker(&mut self, x: i64, y: i64, shape: usize, c: [u8; 3]) {
+        let r = 7i64;
+        for dy in -r..=r {
+            for dx in -r..=r {
+                let inside = match shape % 4 {
+                    0 => dx * dx + dy * dy <= r * r,
+                    1 => dx.abs() < r && dy.abs() < r,
+                    2 => dy >= -r && dy <= r - 2 && 2 * dx.abs() <= dy + r,
+                    _ => dx.abs() + dy.abs() <= r,
+                };
+                if inside {
+                    self.set(x + dx, y + dy, c);
+                }
+            }
+        }
+    }
+}
+
+pub fn method_colour(m: Method) -> [u8; 3] {
+    match m {
+        Method::Learned => [220, 40, 40],
+        Method::InitWord => [40, 80, 220],
+        Method::BestText => [30, 150, 60],
+    }
+}
+
+/// The plot as RGB8 `W`x`H`; `concepts` in legend order.
+pub fn render(scores: &[ConceptScore], concepts: &[String]) -> (usize, usize, Vec<u8>) {
+    let mut c = Canvas::new();
+    let (l, t, r, b) = (AREA.0 as i64, AREA.1 as i64, AREA.2 as i64, AREA.3 as i64);
+    let grey = [200, 200, 200];
+    let black = [0, 0, 0];
+    for k in 0..=5 {
+        let f = k as f64 / 5.0;
+        let x = l + ((r - l) as f64 * f) as i64;
+        let y = b - ((b - t) as f64 * f) as i64;
+        c.rect(x, t, x, b, grey);
+        c.rect(l, y, r, y, grey);
+        let label = format!("{f:.1}");
+        c.text(x - 8, b + 8, &label, 1, black);
+        c.text(l - 26, y - 3, &label, 1, black);
+    }
+    c.rect(l, b, r, b + 1, black);
+    c.rect(l - 1, t, l, b, black);
+    c.text(l + 110, b + 26, "RECONSTRUCTION", 2, black);
+    c.text(l - 60, t - 30, "EDITABILITY", 2, black);
+    let to_px = |recon: f64, edit: f64| {
+        (
+            l + ((r - l) as f64 * recon.clamp(0.0, 1.0)) as i64,
+            b - ((b - t) as f64 * edit.clamp(0.0, 1.0)) as i64,
+        )
+    };
+    for s in scores {
+        let shape = concepts.iter().position(|n| *n == s.concept).unwrap_or(0);
+        let (x, y) = to_px(s.reconstruction, s.editability);
+        c.marker(x, y, shape, method_colour(s.method));
+    }
+    // legend
+    let lx = r + 30;
+    let mut ly = t + 10;
+    c.text(lx, ly, "METHOD", 2, black);
+    ly += 24;
+    for m in Method::ALL {
+        c.marker(lx + 7, ly + 6, 1, method_colour(m));
+        c.text(lx + 22, ly + 3, m.name(), 1, black);
+        ly += 20;
+    }
+    ly += 16;
+    c.text(lx, ly, "CONCEPT", 2, black);
+    ly += 24;
+    for (i, n) in concepts.iter().enumerate() {
+        c.marker(lx + 7, ly + 6, i, [90, 90, 90]);
+        c.text(lx + 22, ly + 3, n, 1, black);
+        ly += 20;
+    }
+    (W, H, c.rgb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_land_where_the_scores_say() {
+        let scores = vec![ConceptScore {
+            concept: "a".into(),
+            method: Method::Learned,
+            reconstruction: 1.0,
+            editability: 0.0,
+            edits: vec![],
+        }];
+        let (w, _, rgb) = render(&scores, &["a".into()]);
+        let px = |x: usize, y: usize| {
+            [
+                rgb[(y * w + x) * 3],
+                rgb[(y * w + x) * 3 + 1],
+                rgb[(y * w + x) * 3 + 2],
+            ]
+        };
+        assert_eq!(px(AREA.2, AREA.3 - 3), method_colour(Method::Learned));
+        assert_eq!(px(AREA.0 + 200, AREA.1 + 100), [255, 255, 255]);
+    }
+}

@@ -1,0 +1,245 @@
+//! Stage 2: the U-Net and the text encoder, trained together from scratch on cached latents with
+//! the denoising loss of DDPM (epsilon prediction, uniform timesteps; Ho et al. 2020, LDM
+//! section 3.3), conditioned on the world's captions (10% empty, for classifier-free guidance).
+
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use invert_model::clip::{CLIPTextConfig, CLIPTextModel};
+use invert_model::pipeline::noise::NoiseGenerator;
+use invert_model::schedulers::{NoiseSchedule, NoiseScheduleConfig};
+use invert_model::unet::{UNet2DConditionConfig, UNet2DConditionModel};
+use invert_model::vae::AutoencoderKL;
+use invert_model::vocabulary::Vocabulary;
+use invert_model::weights::safetensors_write::write_atomic;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::checkpoint::{State, load_module, save_module, save_state};
+use super::{PretrainConfig, PretrainError, Progress};
+use crate::world::{self, Scene};
+
+/// Seed offset of the diffusion stage's pictures and batches.
+const DIFFUSION_STREAM: u64 = 0x4449_4646;
+/// Pictures encoded per VAE call while caching.
+const ENCODE_BATCH: usize = 256;
+
+/// The two networks trained together.
+#[derive(Module, Debug)]
+pub struct Denoiser {
+    pub unet: UNet2DConditionModel,
+    pub text_encoder: CLIPTextModel,
+}
+
+impl Denoiser {
+    /// Denoising loss (mean squared error to the noise) of one batch.
+    pub fn loss(
+        &self,
+        schedule: &NoiseSchedule,
+        latents: Tensor<4>,
+        noise: Tensor<4>,
+        timesteps: &[usize],
+        ids: Tensor<2, Int>,
+        min_snr_gamma: Option<f64>,
+    ) -> Tensor<1> {
+        let device = latents.device();
+        let noisy = schedule.add_noise(latents.clone(), noise.clone(), timesteps);
+        let target = schedule.target(latents, noise, timesteps);
+        let context = self.text_encoder.forward(ids, None, 1);
+        let t: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
+        let t = Tensor::<1>::from_data(TensorData::new(t, [timesteps.len()]), &device);
+        let pred = self.unet.forward(noisy, t, context);
+        let n = timesteps.len();
+        let per_sample = (pred - target)
+            .powf_scalar(2.0)
+            .reshape([n as i32, -1])
+            .mean_dim(1)
+            .reshape([n]);
+        match min_snr_gamma {
+            // Min-SNR weighting (Hang et al. 2023): low-noise steps, which teach texture, weigh
+            // less; high-noise steps, where the prompt decides the layout, keep full weight.
+            Some(gamma) => {
+                let w = schedule.min_snr_weights(timesteps, gamma as f32);
+                (per_sample * Tensor::<1>::from_data(TensorData::new(w, [n]), &device)).mean()
+            }
+            None => per_sample.mean(),
+        }
+    }
+}
+
+/// The scenes whose latents are cached (picture `i` of the diffusion stream).
+pub fn cached_scene(config: &PretrainConfig, index: usize) -> Scene {
+    world::sample(config.seed ^ DIFFUSION_STREAM, index as u64).0
+}
+
+fn latents_path(work: &std::path::Path) -> std::path::PathBuf {
+    work.join("latents.f32")
+}
+
+/// Encodes the stage's pictures once (posterior means, unscaled) and returns them flat,
+/// `[latent_pictures, c, h, w]`; kept in `work/latents.f32` for a resumed run.
+pub fn cache_latents(
+    config: &PretrainConfig,
+    vae: &AutoencoderKL,
+    work: &std::path::Path,
+    device: &Device,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<f32>, PretrainError> {
+    let a = &config.architecture;
+    let per = a.latent_channels * a.latent_size() * a.latent_size();
+    let path = latents_path(work);
+    if let Ok(bytes) = std::fs::read(&path)
+        && bytes.len() == config.latent_pictures * per * 4
+    {
+        return Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect());
+    }
+    let mut out = Vec::with_capacity(config.latent_pictures * per);
+    let mut start = 0;
+    while start < config.latent_pictures {
+        let end = (start + ENCODE_BATCH).min(config.latent_pictures);
+        let scenes: Vec<Scene> = (start..end).map(|i| cached_scene(config, i)).collect();
+        let images = world::pictures_tensor(&scenes, a.image_size, device);
+        let mean = vae.encode(images).mean;
+        out.extend(mean.into_data().try_to_vec::<f32>().expect("f32 latents"));
+        start = end;
+        progress(Progress {
+            stage: "encode",
+            step: end,
+            total: config.latent_pictures,
+            loss: 0.0,
+        });
+    }
+    let bytes: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_atomic(&path, &bytes, true).map_err(|e| PretrainError::File {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(out)
+}
+
+/// `1 / std` of the latents, so scaled latents have unit variance (how LDM chose SD's 0.18215).
+pub fn scaling_factor(latents: &[f32]) -> f64 {
+    let n = latents.len() as f64;
+    let mean = latents.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = latents
+        .iter()
+        .map(|&v| (v as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    1.0 / var.sqrt().max(1e-6)
+}
+
+pub fn weights_path(work: &std::path::Path) -> std::path::PathBuf {
+    work.join("denoiser.safetensors")
+}
+
+/// One step's batch: latent indices, captions, timesteps and the noise seed.
+pub struct StepBatch {
+    pub indices: Vec<usize>,
+    pub captions: Vec<String>,
+    pub timesteps: Vec<usize>,
+    pub noise_seed: u64,
+}
+
+pub fn step_batch(config: &PretrainConfig, step: usize, train_timesteps: usize) -> StepBatch {
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ DIFFUSION_STREAM);
+    rng.set_stream(step as u64 + 1);
+    let indices: Vec<usize> = (0..config.diffusion_batch)
+        .map(|_| rng.random_range(0..config.latent_pictures))
+        .collect();
+    let captions = indices
+        .iter()
+        .map(|&i| world::caption(&cached_scene(config, i), &mut rng))
+        .collect();
+    let timesteps = (0..config.diffusion_batch)
+        .map(|_| rng.random_range(0..train_timesteps))
+        .collect();
+    StepBatch {
+        indices,
+        captions,
+        timesteps,
+        noise_seed: rng.random(),
+    }
+}
+
+/// Trains (or finishes training) the U-Net and text encoder; returns them on the plain device.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    config: &PretrainConfig,
+    (te_config, unet_config): (&CLIPTextConfig, &UNet2DConditionConfig),
+    vocab: &Vocabulary,
+    latents: &[f32],
+    scaling: f64,
+    work: &std::path::Path,
+    state: &mut State,
+    device: &Device,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Denoiser, PretrainError> {
+    let train_device = device.clone().autodiff();
+    train_device.seed(config.seed);
+    let mut model = Denoiser {
+        unet: unet_config.init(&train_device),
+        text_encoder: te_config.init(&train_device),
+    };
+    let path = weights_path(work);
+    if state.diffusion_step > 0 {
+        load_module(&mut model, &path)?;
+    }
+    if state.diffusion_done {
+        return Ok(model.valid());
+    }
+    let schedule = NoiseScheduleConfig::from_json(&super::architecture::scheduler_json())
+        .expect("the bundled scheduler config parses")
+        .init();
+    let a = &config.architecture;
+    let (c, s) = (a.latent_channels, a.latent_size());
+    let per = c * s * s;
+    let mut optim = AdamWConfig::new().with_weight_decay(0.01).init();
+    let first = state.diffusion_step;
+    for step in first..config.diffusion_steps {
+        let b = step_batch(config, step, schedule.num_train_timesteps());
+        let n = b.indices.len();
+        let mut x = Vec::with_capacity(n * per);
+        for &i in &b.indices {
+            x.extend(
+                latents[i * per..(i + 1) * per]
+                    .iter()
+                    .map(|v| (*v as f64 * scaling) as f32),
+            );
+        }
+        let x = Tensor::<4>::from_data(TensorData::new(x, [n, c, s, s]), &train_device);
+        let noise = NoiseGenerator::new(b.noise_seed).tensor([n, c, s, s], &train_device);
+        let (ids, _) = vocab
+            .encode(&b.captions, &train_device)
+            .map_err(|e| PretrainError::Config(format!("a caption did not tokenize: {e}")))?;
+        let loss = model.loss(&schedule, x, noise, &b.timesteps, ids, config.min_snr_gamma);
+        let value = loss.clone().into_scalar::<f32>();
+        if !value.is_finite() {
+            return Err(PretrainError::Config(format!(
+                "the denoising loss became {value} at step {}; lower diffusion_lr",
+                step + 1
+            )));
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let lr = config.lr_at(config.diffusion_lr, step, config.diffusion_steps, first);
+        model = optim.step(lr, model, grads);
+        let done = step + 1;
+        progress(Progress {
+            stage: "diffusion",
+            step: done,
+            total: config.diffusion_steps,
+            loss: value,
+        });
+        if done % config.checkpoint_every == 0 || done == config.diffusion_steps {
+            save_module(&model, &path)?;
+            state.diffusion_step = done;
+            state.diffusion_done = done == config.diffusion_steps;
+            save_state(work, state)?;
+        }
+    }
+    state.diffusion_done = true;
+    save_state(work, state)?;
+    Ok(model.valid())
+}

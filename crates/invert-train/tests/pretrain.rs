@@ -1,0 +1,165 @@
+//! `pretrain::run` at a toy size: every stage runs, the folder it writes loads in invert and
+//! samples, an interrupted run resumes from its checkpoint, and a resume with another config is
+//! refused.
+
+use std::path::PathBuf;
+
+use burn::prelude::*;
+use invert_model::loading::{LoadOptions, load};
+use invert_model::pipeline::{Request, decode, sample_latents};
+use invert_model::schedulers::{SamplerConfig, SamplerKind};
+use invert_model::vocabulary::Vocabulary;
+use invert_train::pretrain::{self, Architecture, PretrainConfig, Progress};
+
+fn toy() -> PretrainConfig {
+    PretrainConfig {
+        architecture: Architecture {
+            image_size: 16,
+            vae_channels: vec![8, 8],
+            vae_groups: 4,
+            latent_channels: 4,
+            unet_channels: vec![32, 32],
+            unet_attention: vec![false, true],
+            unet_groups: 8,
+            unet_layers_per_block: 1,
+            unet_heads: 2,
+            text_width: 32,
+            text_layers: 1,
+            text_heads: 2,
+            text_max_length: 77,
+        },
+        vae_steps: 3,
+        vae_batch: 2,
+        latent_pictures: 8,
+        diffusion_steps: 4,
+        diffusion_batch: 2,
+        checkpoint_every: 1,
+        warmup_steps: 1,
+        ..Default::default()
+    }
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("invert-pretrain-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn a_toy_run_writes_a_folder_that_loads_and_samples() {
+    let out = temp("full");
+    let device = Device::flex();
+    let mut seen = Vec::new();
+    pretrain::run(&toy(), &out, false, &device, &mut |p: Progress| {
+        assert!(p.loss.is_finite());
+        seen.push((p.stage, p.step));
+    })
+    .unwrap();
+    assert!(seen.contains(&("vae", 3)) && seen.contains(&("diffusion", 4)));
+    assert!(
+        !out.join("work").exists(),
+        "the work folder is removed at the end"
+    );
+    for f in [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "text_encoder/model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let sd = load(&out, &LoadOptions::default(), &device).unwrap();
+    assert_eq!(
+        sd.config.vae.downscale_factor() * sd.config.unet_sample_size(),
+        16
+    );
+    let vocab = Vocabulary::for_model(&sd).unwrap();
+    let request = Request {
+        prompt: "a photo of a red circle at the top left".into(),
+        negative: String::new(),
+        steps: 3,
+        guidance: 7.5,
+        seed: 1,
+        width: 16,
+        height: 16,
+        sampler: SamplerConfig::new(SamplerKind::Ddim),
+        clip_skip: 1,
+        init_latents: None,
+    };
+    let latents = sample_latents(&sd, &vocab, &request, 2, &device, |_, _| {}).unwrap();
+    let images = decode(&sd, latents, 1);
+    assert_eq!(images.len(), 2);
+    assert_eq!(images[0].rgb.len(), 16 * 16 * 3);
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn an_interrupted_run_resumes_from_its_checkpoint() {
+    let out = temp("resume");
+    let device = Device::flex();
+    let config = toy();
+    // "crash" after the second diffusion step (its checkpoint is written before the callback
+    // of the next step runs)
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pretrain::run(&config, &out, true, &device, &mut |p: Progress| {
+            if p.stage == "diffusion" && p.step == 3 {
+                panic!("simulated crash");
+            }
+        })
+    }));
+    assert!(crashed.is_err());
+    let state = std::fs::read_to_string(out.join("work/state.json")).unwrap();
+    assert!(state.contains("\"diffusion_step\": 2"), "{state}");
+
+    // the checkpoint can be looked at as a diffusers folder while the run is unfinished
+    assert_eq!(
+        pretrain::export_checkpoint(&config, &out, &device).unwrap(),
+        2
+    );
+    load(&out, &LoadOptions::default(), &device).unwrap();
+
+    // another configuration is refused, naming the work folder
+    let mut other = config.clone();
+    other.diffusion_lr *= 2.0;
+    let err = pretrain::run(&other, &out, true, &device, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("work"), "{err}");
+
+    let mut steps = Vec::new();
+    pretrain::run(&config, &out, true, &device, &mut |p: Progress| {
+        steps.push((p.stage, p.step))
+    })
+    .unwrap();
+    assert!(
+        !steps.iter().any(|s| s.0 == "vae"),
+        "the finished VAE stage is not redone: {steps:?}"
+    );
+    let diffusion: Vec<usize> = steps
+        .iter()
+        .filter(|s| s.0 == "diffusion")
+        .map(|s| s.1)
+        .collect();
+    assert_eq!(diffusion, vec![3, 4], "continues after the last checkpoint");
+    assert!(
+        out.join("unet/diffusion_pytorch_model.safetensors")
+            .is_file()
+    );
+
+    // a finished run can be extended by more diffusion steps
+    let mut longer = config.clone();
+    longer.diffusion_steps = 6;
+    let mut steps = Vec::new();
+    pretrain::run(&longer, &out, true, &device, &mut |p: Progress| {
+        steps.push((p.stage, p.step))
+    })
+    .unwrap();
+    let diffusion: Vec<usize> = steps
+        .iter()
+        .filter(|s| s.0 == "diffusion")
+        .map(|s| s.1)
+        .collect();
+    assert_eq!(diffusion, vec![5, 6]);
+    std::fs::remove_dir_all(&out).ok();
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The README's first command. Learns the word <striped-triangle> from the five pictures of
+# datasets/striped-triangle with the bundled model (models/world), then draws it in prompts it
+# was never trained on, next to what the initialiser word alone gives. Writes
+# out/quickstart/grid.png (one row per prompt: 6 seeds each). About 4 minutes on a 2-core CPU
+# after the build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out/quickstart}
+cargo build --release -p invert-cli
+BIN=target/release/invert
+"$BIN" train --config configs/train/world-object.toml --images datasets/striped-triangle \
+  --token "<striped-triangle>" --init triangle --out "$OUT/train" --overwrite
+mkdir -p "$OUT"
+cat > "$OUT/prompts.txt" <<'PROMPTS'
+a photo of a triangle
+a photo of <striped-triangle>
+a photo of <striped-triangle> on a red background
+<striped-triangle> on a black background at the top left
+a photo of a small <striped-triangle> at the bottom right
+PROMPTS
+rm -rf "$OUT/images"
+"$BIN" generate --embedding "$OUT/train/learned_embeds.safetensors" --prompts "$OUT/prompts.txt" \
+  --images 6 --batch-size 6 --seed 7 --steps 25 --sampler ddim --out "$OUT/images"
+cp "$OUT"/images/grid-*.png "$OUT/grid.png"
+echo "rows: $(tr '\n' '|' < "$OUT/prompts.txt")"
+echo "wrote $OUT/grid.png"
