@@ -31,6 +31,8 @@ fn toy() -> PretrainConfig {
         vae_steps: 3,
         vae_batch: 2,
         latent_pictures: 8,
+        text_steps: 3,
+        text_batch: 4,
         diffusion_steps: 4,
         diffusion_batch: 2,
         checkpoint_every: 1,
@@ -55,7 +57,9 @@ fn a_toy_run_writes_a_folder_that_loads_and_samples() {
         seen.push((p.stage, p.step));
     })
     .unwrap();
-    assert!(seen.contains(&("vae", 3)) && seen.contains(&("diffusion", 4)));
+    for stage in [("vae", 3), ("text", 3), ("diffusion", 4)] {
+        assert!(seen.contains(&stage), "{stage:?} missing from {seen:?}");
+    }
     assert!(
         !out.join("work").exists(),
         "the work folder is removed at the end"
@@ -133,8 +137,34 @@ fn an_interrupted_run_resumes_from_its_checkpoint() {
     })
     .unwrap();
     assert!(
-        !steps.iter().any(|s| s.0 == "vae"),
-        "the finished VAE stage is not redone: {steps:?}"
+        !steps.iter().any(|s| s.0 == "vae" || s.0 == "text"),
+        "the finished VAE and text stages are not redone: {steps:?}"
+    );
+    // the diffusion stage leaves the text stage's encoder as it was (frozen)
+    let work = out.join("work");
+    let (te_cfg, unet_cfg, _) = config.architecture.configs(
+        invert_model::tokenizer::ClipTokenizer::from_dir(&out.join("tokenizer"))
+            .unwrap()
+            .vocab_size(),
+    );
+    let mut reader = pretrain::text_stage::CaptionReader::new(&te_cfg, &device);
+    pretrain::checkpoint::load_module(&mut reader, &pretrain::text_stage::weights_path(&work))
+        .unwrap();
+    let mut denoiser = pretrain::diffusion_stage::Denoiser {
+        unet: unet_cfg.init(&device),
+        text_encoder: te_cfg.init(&device),
+    };
+    pretrain::checkpoint::load_module(
+        &mut denoiser,
+        &pretrain::diffusion_stage::weights_path(&work),
+    )
+    .unwrap();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 5, 9, 2], [1, 4]), &device);
+    let before = reader.text_encoder.forward(ids.clone(), None, 1);
+    let after = denoiser.text_encoder.forward(ids, None, 1);
+    assert_eq!(
+        before.into_data().try_to_vec::<f32>().unwrap(),
+        after.into_data().try_to_vec::<f32>().unwrap()
     );
     let diffusion: Vec<usize> = steps
         .iter()

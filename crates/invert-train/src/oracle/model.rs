@@ -64,16 +64,8 @@ impl Oracle {
         }
         let n = x.dims()[0];
         let x = relu(self.fc.forward(x.reshape([n as i32, -1])));
-        let logits = self.head.forward(x);
-        let mut start = 0;
-        ATTRIBUTES
-            .iter()
-            .map(|a| {
-                let part = logits.clone().slice(s![.., start..start + a.values.len()]);
-                start += a.values.len();
-                log_softmax(part, 1)
-            })
-            .collect()
+        let sizes: Vec<usize> = ATTRIBUTES.iter().map(|a| a.values.len()).collect();
+        log_softmax_heads(self.head.forward(x), &sizes)
     }
 
     /// The most likely value of every attribute for each picture, `[n][7]`.
@@ -92,25 +84,43 @@ impl Oracle {
 
     /// Mean over attributes of the cross-entropy against `labels`.
     pub fn loss(&self, images: Tensor<4>, labels: &[[usize; 7]]) -> Tensor<1> {
-        let device = images.device();
-        let n = labels.len();
-        let parts = self.forward(images);
-        let mut total: Option<Tensor<1>> = None;
-        for (a, logp) in parts.into_iter().enumerate() {
-            let k = ATTRIBUTES[a].values.len();
-            let mut onehot = vec![0f32; n * k];
-            for (i, l) in labels.iter().enumerate() {
-                onehot[i * k + l[a]] = 1.0;
-            }
-            let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [n, k]), &device);
-            let ce = (logp * onehot).sum().neg().div_scalar(n as f32);
-            total = Some(match total {
-                Some(t) => t + ce,
-                None => ce,
-            });
-        }
-        total
-            .expect("attributes")
-            .div_scalar(ATTRIBUTES.len() as f32)
+        let labels: Vec<&[usize]> = labels.iter().map(|l| &l[..]).collect();
+        heads_nll(self.forward(images), &labels)
     }
+}
+
+/// One log-softmax per head over consecutive columns of `logits` (`[n, sum(sizes)]`), head `k`
+/// having `sizes[k]` classes.
+pub fn log_softmax_heads(logits: Tensor<2>, sizes: &[usize]) -> Vec<Tensor<2>> {
+    let mut start = 0;
+    sizes
+        .iter()
+        .map(|&k| {
+            let part = logits.clone().slice(s![.., start..start + k]);
+            start += k;
+            log_softmax(part, 1)
+        })
+        .collect()
+}
+
+/// Mean over heads of the cross-entropy of `parts` (from [`log_softmax_heads`]) against
+/// `labels[i][k]`, the class of example `i` for head `k`.
+pub fn heads_nll(parts: Vec<Tensor<2>>, labels: &[&[usize]]) -> Tensor<1> {
+    let n = labels.len();
+    let heads = parts.len();
+    let mut total: Option<Tensor<1>> = None;
+    for (a, logp) in parts.into_iter().enumerate() {
+        let [_, k] = logp.dims();
+        let mut onehot = vec![0f32; n * k];
+        for (i, l) in labels.iter().enumerate() {
+            onehot[i * k + l[a]] = 1.0;
+        }
+        let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [n, k]), &logp.device());
+        let ce = (logp * onehot).sum().neg().div_scalar(n as f32);
+        total = Some(match total {
+            Some(t) => t + ce,
+            None => ce,
+        });
+    }
+    total.expect("at least one head").div_scalar(heads as f32)
 }

@@ -39,8 +39,11 @@ impl Default for Architecture {
             vae_channels: vec![32, 64],
             vae_groups: 8,
             latent_channels: 4,
-            unet_channels: vec![32, 64, 128],
-            unet_attention: vec![false, true, true],
+            // four levels: 16x16 down to 2x2, where each cell is one of the world's four
+            // positions and a zero-padded 3x3 convolution tells the cells apart at once, so
+            // cross-attention there can put the object where the prompt says
+            unet_channels: vec![32, 64, 128, 128],
+            unet_attention: vec![false, true, true, true],
             unet_groups: 16,
             unet_layers_per_block: 1,
             unet_heads: 4,
@@ -212,17 +215,28 @@ impl Architecture {
     }
 }
 
-/// SD 1.x's scheduler (PNDM, scaled-linear betas), as `scheduler/scheduler_config.json`.
-pub fn scheduler_json() -> Value {
+/// The bundled model's scheduler (`scheduler/scheduler_config.json`): SD 1.x's PNDM settings
+/// with the run's prediction type and betas.
+///
+/// Why the world model does not use SD 1.x's epsilon prediction and scaled-linear betas
+/// (0.00085..0.012): on 16x16 latents of flat-colour pictures that schedule leaves
+/// `sqrt(abar_999) = 0.068` of the picture in the last noisy latent, enough to read the
+/// object's place and the background off the noise itself, so the U-Net learns to take layout
+/// from the noise rather than from the prompt; and with epsilon prediction the loss weighs the
+/// clean picture's error by the SNR, nearly zero at the high-noise steps where only the prompt
+/// can say what to draw (Salimans & Ho 2022, section 4; Lin et al. 2024, "Common Diffusion Noise
+/// Schedules and Sample Steps are Flawed"). DDPM's linear betas (1e-4..0.02, Ho et al. 2020)
+/// leave 0.0064 and v-prediction keeps weight on those steps, so the prompt decides the layout.
+pub fn scheduler_json(config: &super::PretrainConfig) -> Value {
     json!({
         "_class_name": "PNDMScheduler",
         "_diffusers_version": "0.30.0",
-        "beta_end": 0.012,
-        "beta_schedule": "scaled_linear",
-        "beta_start": 0.00085,
+        "beta_end": config.beta_end,
+        "beta_schedule": serde_json::to_value(config.beta_schedule).expect("enum"),
+        "beta_start": config.beta_start,
         "clip_sample": false,
         "num_train_timesteps": 1000,
-        "prediction_type": "epsilon",
+        "prediction_type": serde_json::to_value(config.prediction_type).expect("enum"),
         "set_alpha_to_one": false,
         "skip_prk_steps": true,
         "steps_offset": 1,
@@ -262,7 +276,23 @@ mod tests {
         assert!(vae.unsupported().is_none());
         assert_eq!(vae.downscale_factor(), 2);
         assert_eq!(unet.down_block_types[0], "DownBlock2D");
-        assert_eq!(unet.up_block_types[2], "UpBlock2D");
+        assert_eq!(unet.up_block_types[3], "UpBlock2D");
+    }
+
+    #[test]
+    fn scheduler_config_carries_the_run_schedule() {
+        use invert_model::schedulers::{BetaSchedule, NoiseScheduleConfig, PredictionType};
+        let config = super::super::PretrainConfig::default();
+        let json = scheduler_json(&config);
+        assert_eq!(json["prediction_type"], "v_prediction");
+        assert_eq!(json["beta_schedule"], "linear");
+        let parsed = NoiseScheduleConfig::from_json(&json).unwrap();
+        assert_eq!(parsed.prediction_type, PredictionType::VPrediction);
+        assert_eq!(parsed.beta_schedule, BetaSchedule::Linear);
+        assert_eq!((parsed.beta_start, parsed.beta_end), (0.0001, 0.02));
+        // the last training step keeps almost nothing of the picture (SD 1.x's keeps 0.068)
+        let schedule = parsed.init();
+        assert!(schedule.alphas_cumprod[999].sqrt() < 0.007);
     }
 
     #[test]

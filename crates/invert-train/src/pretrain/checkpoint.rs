@@ -24,6 +24,13 @@ pub struct State {
     pub vae_done: bool,
     /// The VAE's latent scaling factor (1 / std of the cached latents), once computed.
     pub scaling_factor: Option<f64>,
+    #[serde(default)]
+    pub text_step: usize,
+    #[serde(default)]
+    pub text_done: bool,
+    /// Share of caption attributes the text stage's heads read right on its last batch.
+    #[serde(default)]
+    pub text_accuracy: Option<f32>,
     pub diffusion_step: usize,
     pub diffusion_done: bool,
     /// The config the run started with (a resume with another one is refused).

@@ -1,6 +1,8 @@
-//! Stage 2: the U-Net and the text encoder, trained together from scratch on cached latents with
-//! the denoising loss of DDPM (epsilon prediction, uniform timesteps; Ho et al. 2020, LDM
-//! section 3.3), conditioned on the world's captions (10% empty, for classifier-free guidance).
+//! Stage 3: the U-Net, trained from scratch on cached latents with the denoising loss of DDPM
+//! (uniform timesteps; Ho et al. 2020, LDM section 3.3) towards the config's target
+//! (v-prediction by default, see `architecture::scheduler_json`), conditioned on the world's
+//! captions (10% empty, for classifier-free guidance) through the text stage's encoder, which
+//! stays frozen (`text_stage.rs` says why).
 
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
@@ -15,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::checkpoint::{State, load_module, save_module, save_state};
+use super::text_stage::{self, CaptionReader};
 use super::{PretrainConfig, PretrainError, Progress};
 use crate::world::{self, Scene};
 
@@ -31,7 +34,7 @@ pub struct Denoiser {
 }
 
 impl Denoiser {
-    /// Denoising loss (mean squared error to the noise) of one batch.
+    /// Denoising loss (mean squared error to the schedule's target) of one batch.
     pub fn loss(
         &self,
         schedule: &NoiseSchedule,
@@ -164,7 +167,7 @@ pub fn step_batch(config: &PretrainConfig, step: usize, train_timesteps: usize) 
     }
 }
 
-/// Trains (or finishes training) the U-Net and text encoder; returns them on the plain device.
+/// Trains (or finishes training) the U-Net; returns it and the text encoder on the plain device.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     config: &PretrainConfig,
@@ -179,18 +182,22 @@ pub fn run(
 ) -> Result<Denoiser, PretrainError> {
     let train_device = device.clone().autodiff();
     train_device.seed(config.seed);
+    // the text stage's encoder, frozen (no gradient, not in the optimiser), as SD's CLIP
+    let mut reader = CaptionReader::new(te_config, &train_device);
+    load_module(&mut reader, &text_stage::weights_path(work))?;
     let mut model = Denoiser {
         unet: unet_config.init(&train_device),
-        text_encoder: te_config.init(&train_device),
+        text_encoder: reader.text_encoder,
     };
     let path = weights_path(work);
     if state.diffusion_step > 0 {
         load_module(&mut model, &path)?;
     }
+    model.text_encoder = model.text_encoder.no_grad();
     if state.diffusion_done {
         return Ok(model.valid());
     }
-    let schedule = NoiseScheduleConfig::from_json(&super::architecture::scheduler_json())
+    let schedule = NoiseScheduleConfig::from_json(&super::architecture::scheduler_json(config))
         .expect("the bundled scheduler config parses")
         .init();
     let a = &config.architecture;

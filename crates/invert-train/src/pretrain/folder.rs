@@ -10,9 +10,9 @@ use invert_model::vae::AutoencoderKL;
 use invert_model::weights::safetensors_write::write_atomic;
 use serde_json::Value;
 
-use super::PretrainError;
-use super::architecture::{Architecture, model_index_json, scheduler_json};
+use super::architecture::{model_index_json, scheduler_json};
 use super::diffusion_stage::Denoiser;
+use super::{PretrainConfig, PretrainError};
 
 fn write_json(path: &Path, value: &Value) -> Result<(), PretrainError> {
     let dir = path.parent().expect("component files live in folders");
@@ -31,16 +31,17 @@ fn write_json(path: &Path, value: &Value) -> Result<(), PretrainError> {
 /// Writes everything but the tokenizer into `out`.
 pub fn write(
     out: &Path,
-    arch: &Architecture,
+    config: &PretrainConfig,
     (vocab_size, bos, eos): (usize, u32, u32),
     scaling_factor: f64,
     vae: &AutoencoderKL,
     denoiser: &Denoiser,
 ) -> Result<(), PretrainError> {
+    let arch = &config.architecture;
     write_json(&out.join("model_index.json"), &model_index_json())?;
     write_json(
         &out.join("scheduler/scheduler_config.json"),
-        &scheduler_json(),
+        &scheduler_json(config),
     )?;
     write_json(&out.join("vae/config.json"), &arch.vae_json(scaling_factor))?;
     write_json(&out.join("unet/config.json"), &arch.unet_json())?;

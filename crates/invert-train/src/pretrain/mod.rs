@@ -1,7 +1,8 @@
 //! `invert pretrain`: trains the bundled base model on the procedural world (`world/`), as
 //! latent diffusion is trained (Rombach et al. 2022, section 3): first the autoencoder on
-//! pictures, then the U-Net and the text encoder together on cached latents with the denoising
-//! loss. The result is an ordinary diffusers folder (`folder.rs`).
+//! pictures, then the text encoder on captions (`text_stage.rs`, standing in for SD's pretrained
+//! CLIP), then the U-Net on cached latents with the denoising loss, the text encoder frozen. The
+//! result is an ordinary diffusers folder (`folder.rs`).
 //!
 //! Every stage saves a checkpoint (`<out>/work/`) every `checkpoint_every` steps and at its end;
 //! a second run with the same config continues where the first stopped. All data derive from
@@ -12,11 +13,13 @@ pub mod architecture;
 pub mod checkpoint;
 pub mod diffusion_stage;
 pub mod folder;
+pub mod text_stage;
 pub mod tokenizer_files;
 pub mod vae_stage;
 
 use std::path::{Path, PathBuf};
 
+use invert_model::schedulers::{BetaSchedule, PredictionType};
 use serde::{Deserialize, Serialize};
 
 pub use architecture::Architecture;
@@ -42,12 +45,23 @@ pub struct PretrainConfig {
     pub vae_kl_weight: f64,
     /// Pictures encoded once for the diffusion stage.
     pub latent_pictures: usize,
+    /// The text-encoder stage (`text_stage.rs`): steps, captions per step, learning rate.
+    pub text_steps: usize,
+    pub text_batch: usize,
+    pub text_lr: f64,
     pub diffusion_steps: usize,
     pub diffusion_batch: usize,
     pub diffusion_lr: f64,
     pub warmup_steps: usize,
     /// Min-SNR-gamma weighting of the denoising loss (none: plain MSE).
     pub min_snr_gamma: Option<f64>,
+    /// What the U-Net learns to predict and the noise schedule; written to
+    /// `scheduler/scheduler_config.json` (see [`architecture::scheduler_json`] for why the
+    /// defaults differ from SD 1.x's).
+    pub prediction_type: PredictionType,
+    pub beta_schedule: BetaSchedule,
+    pub beta_start: f64,
+    pub beta_end: f64,
     pub checkpoint_every: usize,
 }
 
@@ -61,11 +75,18 @@ impl Default for PretrainConfig {
             vae_lr: 1e-3,
             vae_kl_weight: 1e-4,
             latent_pictures: 24_000,
-            diffusion_steps: 4300,
+            text_steps: 400,
+            text_batch: 64,
+            text_lr: 1e-3,
+            diffusion_steps: 6000,
             diffusion_batch: 48,
             diffusion_lr: 8e-4,
             warmup_steps: 100,
-            min_snr_gamma: Some(5.0),
+            min_snr_gamma: None,
+            prediction_type: PredictionType::VPrediction,
+            beta_schedule: BetaSchedule::Linear,
+            beta_start: 0.0001,
+            beta_end: 0.02,
             checkpoint_every: 200,
         }
     }
@@ -78,6 +99,7 @@ impl PretrainConfig {
             .map_err(PretrainError::Config)?;
         let positive = [
             ("vae_batch", self.vae_batch),
+            ("text_batch", self.text_batch),
             ("latent_pictures", self.latent_pictures),
             ("diffusion_batch", self.diffusion_batch),
             ("checkpoint_every", self.checkpoint_every),
@@ -87,7 +109,16 @@ impl PretrainConfig {
                 return Err(PretrainError::Config(format!("{name} must be at least 1")));
             }
         }
-        for (name, lr) in [("vae_lr", self.vae_lr), ("diffusion_lr", self.diffusion_lr)] {
+        if !(0.0 < self.beta_start && self.beta_start < self.beta_end && self.beta_end < 1.0) {
+            return Err(PretrainError::Config(
+                "beta_start and beta_end must satisfy 0 < beta_start < beta_end < 1".into(),
+            ));
+        }
+        for (name, lr) in [
+            ("vae_lr", self.vae_lr),
+            ("text_lr", self.text_lr),
+            ("diffusion_lr", self.diffusion_lr),
+        ] {
             if !(lr.is_finite() && lr > 0.0) {
                 return Err(PretrainError::Config(format!(
                     "{name} must be a positive number"
@@ -167,7 +198,7 @@ pub fn export_checkpoint(
         text_encoder: te_cfg.init(device),
     };
     checkpoint::load_module(&mut denoiser, &diffusion_stage::weights_path(&work))?;
-    folder::write(out, &config.architecture, special, scaling, &vae, &denoiser)?;
+    folder::write(out, config, special, scaling, &vae, &denoiser)?;
     Ok(state.diffusion_step)
 }
 
@@ -235,6 +266,7 @@ pub fn run(
     let scaling = diffusion_stage::scaling_factor(&latents);
     state.scaling_factor = Some(scaling);
     checkpoint::save_state(&work, &state)?;
+    text_stage::run(config, &te_cfg, &vocab, &work, &mut state, device, progress)?;
     let denoiser = diffusion_stage::run(
         config,
         (&te_cfg, &unet_cfg),
@@ -246,7 +278,7 @@ pub fn run(
         device,
         progress,
     )?;
-    folder::write(out, arch, special, scaling, &vae, &denoiser)?;
+    folder::write(out, config, special, scaling, &vae, &denoiser)?;
     if !keep_work {
         std::fs::remove_dir_all(&work).map_err(|e| PretrainError::File {
             path: work.clone(),
@@ -268,6 +300,18 @@ mod tests {
         assert!((c.lr_at(1.0, 1000, 1000, 0) - 0.1).abs() < 1e-9);
         // a resume at 500 warms up again
         assert!(c.lr_at(1.0, 500, 1000, 500) < 0.01);
+    }
+
+    #[test]
+    fn betas_outside_zero_one_are_refused() {
+        for (beta_start, beta_end) in [(0.0, 0.02), (0.02, 0.01), (1e-4, 1.0), (f64::NAN, 0.02)] {
+            let c = PretrainConfig {
+                beta_start,
+                beta_end,
+                ..Default::default()
+            };
+            assert!(c.validate().unwrap_err().to_string().contains("beta_start"));
+        }
     }
 
     #[test]

@@ -58,28 +58,44 @@ pub const EXTRA_WORDS: &[&str] = &[
     "one",
 ];
 
+/// Which captioned attributes a caption names, in the order of [`super::ATTRIBUTES`] (shape,
+/// colour, size, position, background).
+pub type Named = [bool; 5];
+
 /// A caption of `scene` in one of the phrasings, or an empty one.
 pub fn caption(scene: &Scene, rng: &mut impl Rng) -> String {
+    caption_naming(scene, rng).0
+}
+
+/// [`caption`] with the attributes it names (what the text-encoder stage of `invert pretrain`
+/// learns to read off it).
+pub fn caption_naming(scene: &Scene, rng: &mut impl Rng) -> (String, Named) {
+    let mut named = [false; 5];
     if rng.random_bool(EMPTY_CAPTION_SHARE) {
-        return String::new();
+        return (String::new(), named);
     }
     let mut noun = Vec::new();
     if rng.random_bool(0.5) {
         noun.push(SIZE.values[scene.size]);
+        named[2] = true;
     }
     if rng.random_bool(0.8) {
         noun.push(COLOUR.values[scene.colour]);
+        named[1] = true;
     }
     noun.push(SHAPE.values[scene.shape]);
+    named[0] = true;
     let mut parts = vec![noun.join(" ")];
     let mut extras = Vec::new();
     if rng.random_bool(0.75) {
         let form = POSITION_FORMS.choose(rng).expect("non-empty");
         extras.push(form.replace("{}", POSITION.values[scene.position]));
+        named[3] = true;
     }
     if rng.random_bool(0.75) {
         let form = BACKGROUND_FORMS.choose(rng).expect("non-empty");
         extras.push(form.replace("{}", BACKGROUND.values[scene.background]));
+        named[4] = true;
     }
     if rng.random_bool(0.5) {
         extras.reverse();
@@ -94,7 +110,7 @@ pub fn caption(scene: &Scene, rng: &mut impl Rng) -> String {
     }
     let body = parts.concat();
     let opening = OPENINGS.choose(rng).expect("non-empty");
-    if opening.is_empty() {
+    let text = if opening.is_empty() {
         let article = if body.starts_with(['a', 'e', 'i', 'o', 'u']) {
             "an"
         } else {
@@ -105,7 +121,8 @@ pub fn caption(scene: &Scene, rng: &mut impl Rng) -> String {
         format!("{opening} a {body}")
             .replace(" a a", " an a")
             .replace(" a e", " an e")
-    }
+    };
+    (text, named)
 }
 
 /// The words of the world (attribute values and [`EXTRA_WORDS`]), for the tokenizer.
@@ -152,6 +169,28 @@ mod tests {
             "only {} distinct captions",
             distinct.len()
         );
+    }
+
+    #[test]
+    fn named_attributes_are_the_ones_in_the_caption() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let attrs = [SHAPE, COLOUR, SIZE, POSITION, BACKGROUND];
+        for _ in 0..500 {
+            let s = Scene::random(&mut rng);
+            let (c, named) = caption_naming(&s, &mut rng);
+            let labels = s.labels();
+            for (k, attr) in attrs.iter().enumerate() {
+                let word = attr.values[labels[k]];
+                // a red object on a red background cannot happen, so a colour word that is
+                // there but not named belongs to the background phrase
+                let said = match k {
+                    1 => c.contains(&format!("{word} {}", SHAPE.values[s.shape])),
+                    4 => c.contains(&format!("{word} background")),
+                    _ => c.contains(word),
+                };
+                assert_eq!(said, named[k], "{c:?}: {} named {}", attr.name, named[k]);
+            }
+        }
     }
 
     #[test]
