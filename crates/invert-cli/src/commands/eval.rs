@@ -35,13 +35,13 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 16)]
     pub images_per_prompt: usize,
     /// Random full-description prompts for the base-model fidelity (0 = skip).
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = 96)]
     pub fidelity_prompts: usize,
     /// Denoising steps (DDIM).
     #[arg(long, default_value_t = 25)]
     pub steps: usize,
-    /// Classifier-free guidance scale.
-    #[arg(long, default_value_t = 7.5)]
+    /// Classifier-free guidance scale (the bundled model's colours over-saturate at SD's 7.5).
+    #[arg(long, default_value_t = invert_train::eval::WORLD_GUIDANCE)]
     pub cfg: f64,
     #[arg(long, default_value_t = 1000)]
     pub seed: u64,
