@@ -143,14 +143,7 @@ impl Trainer {
         let ids = vocab
             .add_word(&config.token, &params)
             .map_err(|e| setup(format!("--token: {e}")))?;
-        let norms = table
-            .clone()
-            .powf_scalar(2.0)
-            .sum_dim(1)
-            .sqrt()
-            .into_data()
-            .try_to_vec::<f32>()
-            .expect("f32");
+        let norms = crate::pretrain::picture_words::row_norms(table.clone());
         let mut sorted = norms.clone();
         sorted.sort_by(f32::total_cmp);
         let vocab_median_norm = sorted[sorted.len() / 2];

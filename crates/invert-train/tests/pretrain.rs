@@ -153,6 +153,7 @@ fn an_interrupted_run_resumes_from_its_checkpoint() {
     let mut denoiser = pretrain::diffusion_stage::Denoiser {
         unet: unet_cfg.init(&device),
         text_encoder: te_cfg.init(&device),
+        picture: None,
     };
     pretrain::checkpoint::load_module(
         &mut denoiser,
@@ -192,4 +193,74 @@ fn an_interrupted_run_resumes_from_its_checkpoint() {
         .collect();
     assert_eq!(diffusion, vec![5, 6]);
     std::fs::remove_dir_all(&out).ok();
+}
+
+/// A safetensors file as (header JSON, tensor bytes): the header's key order is not fixed.
+fn tensors(dir: &std::path::Path, f: &str) -> (serde_json::Value, Vec<u8>) {
+    let bytes = std::fs::read(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    (header, bytes[8 + n..].to_vec())
+}
+
+#[test]
+fn a_continued_run_with_picture_words_keeps_the_vae_and_text_encoder() {
+    let base = temp("base");
+    let device = Device::flex();
+    pretrain::run(&toy(), &base, false, &device, &mut |_| {}).unwrap();
+
+    let continued = temp("continued");
+    let config = PretrainConfig {
+        init_from: Some(base.clone()),
+        picture_words: 1.0,
+        diffusion_steps: 3,
+        ..toy()
+    };
+    let mut stages = Vec::new();
+    pretrain::run(&config, &continued, false, &device, &mut |p: Progress| {
+        assert!(p.loss.is_finite());
+        stages.push(p.stage)
+    })
+    .unwrap();
+    assert!(
+        !stages.iter().any(|s| *s == "vae" || *s == "text"),
+        "{stages:?}"
+    );
+    assert_eq!(stages.iter().filter(|s| **s == "diffusion").count(), 3);
+    for f in [
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ] {
+        assert!(tensors(&base, f) == tensors(&continued, f), "{f}");
+    }
+    let vae_json =
+        |d: &std::path::Path| std::fs::read_to_string(d.join("vae/config.json")).unwrap();
+    assert_eq!(
+        vae_json(&base),
+        vae_json(&continued),
+        "the latent scaling is kept"
+    );
+    let unet = "unet/diffusion_pytorch_model.safetensors";
+    assert!(tensors(&base, unet).1 != tensors(&continued, unet).1);
+    // the picture encoder is not part of the folder: it loads as an ordinary model
+    load(&continued, &LoadOptions::default(), &device).unwrap();
+
+    // a folder of another architecture is refused, naming the component
+    let wider = PretrainConfig {
+        architecture: Architecture {
+            unet_channels: vec![32, 64],
+            ..toy().architecture
+        },
+        ..config.clone()
+    };
+    let other = temp("other");
+    let err = pretrain::run(&wider, &other, false, &device, &mut |_| {}).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("unet") && msg.contains("architecture"),
+        "{msg}"
+    );
+    for d in [base, continued, other] {
+        std::fs::remove_dir_all(d).ok();
+    }
 }

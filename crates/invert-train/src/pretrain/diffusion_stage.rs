@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::checkpoint::{State, load_module, save_module, save_state};
+use super::picture_words::{PictureEncoder, encoder_for, insert_word, mean_row_norm};
 use super::text_stage::{self, CaptionReader};
 use super::{PretrainConfig, PretrainError, Progress};
 use crate::world::{self, Scene};
@@ -26,15 +27,19 @@ const DIFFUSION_STREAM: u64 = 0x4449_4646;
 /// Pictures encoded per VAE call while caching.
 const ENCODE_BATCH: usize = 256;
 
-/// The two networks trained together.
+/// The networks of the stage: the U-Net (trained), the text encoder (frozen) and, with picture
+/// words, their encoder (trained, not exported).
 #[derive(Module, Debug)]
 pub struct Denoiser {
     pub unet: UNet2DConditionModel,
     pub text_encoder: CLIPTextModel,
+    pub picture: Option<PictureEncoder>,
 }
 
 impl Denoiser {
-    /// Denoising loss (mean squared error to the schedule's target) of one batch.
+    /// Denoising loss (mean squared error to the schedule's target) of one batch; ids at or
+    /// above the vocabulary size stand for rows of `extra` (picture words).
+    #[allow(clippy::too_many_arguments)]
     pub fn loss(
         &self,
         schedule: &NoiseSchedule,
@@ -42,12 +47,13 @@ impl Denoiser {
         noise: Tensor<4>,
         timesteps: &[usize],
         ids: Tensor<2, Int>,
+        extra: Option<Tensor<2>>,
         min_snr_gamma: Option<f64>,
     ) -> Tensor<1> {
         let device = latents.device();
         let noisy = schedule.add_noise(latents.clone(), noise.clone(), timesteps);
         let target = schedule.target(latents, noise, timesteps);
-        let context = self.text_encoder.forward(ids, None, 1);
+        let context = self.text_encoder.forward(ids, extra.as_ref(), 1);
         let t: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
         let t = Tensor::<1>::from_data(TensorData::new(t, [timesteps.len()]), &device);
         let pred = self.unet.forward(noisy, t, context);
@@ -144,6 +150,8 @@ pub struct StepBatch {
     pub captions: Vec<String>,
     pub timesteps: Vec<usize>,
     pub noise_seed: u64,
+    /// Per caption, where a picture word goes (`picture_words::insert_word`), if it gets one.
+    pub picture_draws: Vec<Option<f64>>,
 }
 
 pub fn step_batch(config: &PretrainConfig, step: usize, train_timesteps: usize) -> StepBatch {
@@ -152,19 +160,61 @@ pub fn step_batch(config: &PretrainConfig, step: usize, train_timesteps: usize) 
     let indices: Vec<usize> = (0..config.diffusion_batch)
         .map(|_| rng.random_range(0..config.latent_pictures))
         .collect();
-    let captions = indices
+    let captions: Vec<String> = indices
         .iter()
         .map(|&i| world::caption(&cached_scene(config, i), &mut rng))
         .collect();
     let timesteps = (0..config.diffusion_batch)
         .map(|_| rng.random_range(0..train_timesteps))
         .collect();
+    let noise_seed = rng.random();
+    // drawn last, so a run without picture words sees the batches it always saw; empty
+    // captions (the unconditional case of guidance) never get one
+    let picture_draws = captions
+        .iter()
+        .map(|c| {
+            let (gets, draw) = (rng.random::<f64>(), rng.random::<f64>());
+            (config.picture_words > 0.0 && !c.is_empty() && gets < config.picture_words)
+                .then_some(draw)
+        })
+        .collect();
     StepBatch {
         indices,
         captions,
         timesteps,
-        noise_seed: rng.random(),
+        noise_seed,
+        picture_draws,
     }
+}
+
+/// Ids with each drawn caption's picture word inserted (id `vocab_size + i` for caption `i`),
+/// and the picture words (one row per caption) when any caption got one.
+fn with_picture_words(
+    model: &Denoiser,
+    ids: Tensor<2, Int>,
+    latents: &Tensor<4>,
+    draws: &[Option<f64>],
+    (eos, norm): (u32, f32),
+) -> (Tensor<2, Int>, Option<Tensor<2>>) {
+    let Some(encoder) = &model.picture else {
+        return (ids, None);
+    };
+    if draws.iter().all(Option::is_none) {
+        return (ids, None);
+    }
+    let [n, len] = ids.dims();
+    let device = ids.device();
+    let vocab_size = model.text_encoder.vocab_size() as i64;
+    let mut rows: Vec<i64> = ids.into_data().iter::<i64>().collect();
+    for (i, draw) in draws.iter().enumerate() {
+        if let Some(draw) = *draw {
+            let mut row = rows[i * len..(i + 1) * len].to_vec();
+            insert_word(&mut row, eos as i64, draw, vocab_size + i as i64);
+            rows[i * len..(i + 1) * len].copy_from_slice(&row);
+        }
+    }
+    let ids = Tensor::from_data(TensorData::new(rows, [n, len]), &device);
+    (ids, Some(encoder.forward(latents.clone(), norm)))
 }
 
 /// Trains (or finishes training) the U-Net; returns it and the text encoder on the plain device.
@@ -182,25 +232,46 @@ pub fn run(
 ) -> Result<Denoiser, PretrainError> {
     let train_device = device.clone().autodiff();
     train_device.seed(config.seed);
+    let a = &config.architecture;
     // the text stage's encoder, frozen (no gradient, not in the optimiser), as SD's CLIP
-    let mut reader = CaptionReader::new(te_config, &train_device);
-    load_module(&mut reader, &text_stage::weights_path(work))?;
+    let text_encoder = match &config.init_from {
+        Some(_) => te_config.init(&train_device),
+        None => {
+            let mut reader = CaptionReader::new(te_config, &train_device);
+            load_module(&mut reader, &text_stage::weights_path(work))?;
+            reader.text_encoder
+        }
+    };
     let mut model = Denoiser {
         unet: unet_config.init(&train_device),
-        text_encoder: reader.text_encoder,
+        text_encoder,
+        picture: encoder_for(config, &train_device),
     };
     let path = weights_path(work);
     if state.diffusion_step > 0 {
         load_module(&mut model, &path)?;
+    } else if let Some(root) = &config.init_from {
+        super::base_model::load_denoiser(root, &mut model.unet, &mut model.text_encoder)?;
     }
     model.text_encoder = model.text_encoder.no_grad();
+    let picture_word = (
+        vocab.tokenizer.eos_id(),
+        mean_row_norm(
+            model
+                .text_encoder
+                .text_model
+                .embeddings
+                .token_embedding
+                .weight
+                .val(),
+        ),
+    );
     if state.diffusion_done {
         return Ok(model.valid());
     }
     let schedule = NoiseScheduleConfig::from_json(&super::architecture::scheduler_json(config))
         .expect("the bundled scheduler config parses")
         .init();
-    let a = &config.architecture;
     let (c, s) = (a.latent_channels, a.latent_size());
     let per = c * s * s;
     let mut optim = AdamWConfig::new().with_weight_decay(0.01).init();
@@ -221,7 +292,16 @@ pub fn run(
         let (ids, _) = vocab
             .encode(&b.captions, &train_device)
             .map_err(|e| PretrainError::Config(format!("a caption did not tokenize: {e}")))?;
-        let loss = model.loss(&schedule, x, noise, &b.timesteps, ids, config.min_snr_gamma);
+        let (ids, extra) = with_picture_words(&model, ids, &x, &b.picture_draws, picture_word);
+        let loss = model.loss(
+            &schedule,
+            x,
+            noise,
+            &b.timesteps,
+            ids,
+            extra,
+            config.min_snr_gamma,
+        );
         let value = loss.clone().into_scalar::<f32>();
         if !value.is_finite() {
             return Err(PretrainError::Config(format!(

@@ -2,7 +2,8 @@
 //! latent diffusion is trained (Rombach et al. 2022, section 3): first the autoencoder on
 //! pictures, then the text encoder on captions (`text_stage.rs`, standing in for SD's pretrained
 //! CLIP), then the U-Net on cached latents with the denoising loss, the text encoder frozen. The
-//! result is an ordinary diffusers folder (`folder.rs`).
+//! result is an ordinary diffusers folder (`folder.rs`). A second run may continue a finished
+//! one (`init_from`, `base_model.rs`), for example with picture words (`picture_words.rs`).
 //!
 //! Every stage saves a checkpoint (`<out>/work/`) every `checkpoint_every` steps and at its end;
 //! a second run with the same config continues where the first stopped. All data derive from
@@ -10,9 +11,11 @@
 //! moments are not saved and restart from zero after a resume (with a short warm-up).
 
 pub mod architecture;
+pub mod base_model;
 pub mod checkpoint;
 pub mod diffusion_stage;
 pub mod folder;
+pub mod picture_words;
 pub mod text_stage;
 pub mod tokenizer_files;
 pub mod vae_stage;
@@ -63,6 +66,13 @@ pub struct PretrainConfig {
     pub beta_start: f64,
     pub beta_end: f64,
     pub checkpoint_every: usize,
+    /// Share of the non-empty captions that get a picture word in the diffusion stage
+    /// (`picture_words.rs` says why); 0 turns them off.
+    pub picture_words: f64,
+    /// Continue from this diffusers folder (an earlier `invert pretrain` result of the same
+    /// architecture): its VAE and text encoder are kept, the VAE and text stages skipped, and
+    /// the diffusion stage starts from its U-Net (`base_model.rs`).
+    pub init_from: Option<PathBuf>,
 }
 
 impl Default for PretrainConfig {
@@ -88,6 +98,8 @@ impl Default for PretrainConfig {
             beta_start: 0.0001,
             beta_end: 0.02,
             checkpoint_every: 200,
+            picture_words: 0.0,
+            init_from: None,
         }
     }
 }
@@ -112,6 +124,11 @@ impl PretrainConfig {
         if !(0.0 < self.beta_start && self.beta_start < self.beta_end && self.beta_end < 1.0) {
             return Err(PretrainError::Config(
                 "beta_start and beta_end must satisfy 0 < beta_start < beta_end < 1".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.picture_words) {
+            return Err(PretrainError::Config(
+                "picture_words is a share of the captions, from 0 to 1".into(),
             ));
         }
         for (name, lr) in [
@@ -192,10 +209,14 @@ pub fn export_checkpoint(
     );
     let (te_cfg, unet_cfg, vae_cfg) = config.architecture.configs(special.0);
     let mut vae = vae_cfg.init(device);
-    checkpoint::load_module(&mut vae, &vae_stage::weights_path(&work))?;
+    match &config.init_from {
+        Some(root) => base_model::load_vae(root, &mut vae)?,
+        None => checkpoint::load_module(&mut vae, &vae_stage::weights_path(&work))?,
+    }
     let mut denoiser = diffusion_stage::Denoiser {
         unet: unet_cfg.init(device),
         text_encoder: te_cfg.init(device),
+        picture: picture_words::encoder_for(config, device),
     };
     checkpoint::load_module(&mut denoiser, &diffusion_stage::weights_path(&work))?;
     folder::write(out, config, special, scaling, &vae, &denoiser)?;
@@ -261,12 +282,25 @@ pub fn run(
     let (te_cfg, unet_cfg, vae_cfg) = arch.configs(vocab_size);
     let vocab = Vocabulary::new(tokenizer, arch.text_width);
 
-    let vae = vae_stage::run(config, &vae_cfg, &work, &mut state, device, progress)?;
+    let vae = match &config.init_from {
+        Some(root) => {
+            let mut vae = vae_cfg.init(device);
+            base_model::load_vae(root, &mut vae)?;
+            vae
+        }
+        None => vae_stage::run(config, &vae_cfg, &work, &mut state, device, progress)?,
+    };
     let latents = diffusion_stage::cache_latents(config, &vae, &work, device, progress)?;
-    let scaling = diffusion_stage::scaling_factor(&latents);
+    // a continued run keeps the scaling its U-Net was trained with
+    let scaling = match &config.init_from {
+        Some(root) => base_model::scaling_factor(root)?,
+        None => diffusion_stage::scaling_factor(&latents),
+    };
     state.scaling_factor = Some(scaling);
     checkpoint::save_state(&work, &state)?;
-    text_stage::run(config, &te_cfg, &vocab, &work, &mut state, device, progress)?;
+    if config.init_from.is_none() {
+        text_stage::run(config, &te_cfg, &vocab, &work, &mut state, device, progress)?;
+    }
     let denoiser = diffusion_stage::run(
         config,
         (&te_cfg, &unet_cfg),
