@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains the four bundled concept sets (datasets/) with the world presets on the bundled model and
 # runs `invert eval` on them: the numbers and figure of docs/WORLD.md.
-#   scripts/eval_world.sh [OUT]        (default out/eval-world; about 15 minutes on 2 cores)
+#   scripts/eval_world.sh [OUT]        (default out/eval-world; about 30 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-out/eval-world}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The README's first command. Learns the word <striped-triangle> from the five pictures of
-# datasets/striped-triangle with the bundled model (models/world), then draws it in prompts it
-# was never trained on, next to what the initialiser word alone gives. Writes
+# The README's first command. Learns the word <hatched-style> from the five pictures of
+# datasets/hatched-style (and their captions) with the bundled model (models/world), then draws
+# it in prompts it was never trained on, next to what the initialiser word alone gives. Writes
 # out/quickstart/grid.png (one row per prompt: 6 seeds each). About 4 minutes on a 2-core CPU
 # after the build. Guidance 3: the bundled model over-saturates its colours at SD's usual 7.5.
 set -euo pipefail
@@ -9,15 +9,15 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-out/quickstart}
 cargo build --release -p invert-cli
 BIN=target/release/invert
-"$BIN" train --config configs/train/world-object.toml --images datasets/striped-triangle \
-  --token "<striped-triangle>" --init triangle --out "$OUT/train" --overwrite
+"$BIN" train --config configs/train/world-style.toml --images datasets/hatched-style \
+  --token "<hatched-style>" --init painting --out "$OUT/train" --overwrite
 mkdir -p "$OUT"
 cat > "$OUT/prompts.txt" <<'PROMPTS'
-a photo of a triangle
-a photo of <striped-triangle>
-a photo of <striped-triangle> on a red background
-<striped-triangle> on a black background at the top left
-a photo of a small <striped-triangle> at the bottom right
+a blue circle in the style of painting
+a painting in the style of <hatched-style>
+a blue circle in the style of <hatched-style>
+a red square at the top left in the style of <hatched-style>
+a small yellow triangle on a black background in the style of <hatched-style>
 PROMPTS
 rm -rf "$OUT/images"
 "$BIN" generate --embedding "$OUT/train/learned_embeds.safetensors" --prompts "$OUT/prompts.txt" \

@@ -1,6 +1,6 @@
-//! `invert world`: the committed concept sets are exactly what `invert world datasets` writes
-//! (so they can be regenerated and reviewed), and `invert world sample` writes pictures with
-//! their captions.
+//! `invert world`: the committed concept sets (pictures, captions, READMEs) are exactly what
+//! `invert world datasets` writes (so they can be regenerated and reviewed), and
+//! `invert world sample` writes pictures with their captions.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,7 +44,11 @@ fn committed_datasets_are_what_the_generator_writes() {
             compared += 1;
         }
     }
-    assert_eq!(compared, 4 * 6, "4 sets of 5 pictures and a README");
+    assert_eq!(
+        compared,
+        4 * 11,
+        "4 sets of 5 pictures, 5 captions and a README"
+    );
     std::fs::remove_dir_all(&out).ok();
 }
 

@@ -112,7 +112,11 @@ fn datasets(a: DatasetsArgs) -> Result<()> {
             let file = format!("{:02}.png", i + 1);
             let what = concepts::describe(&s.labels());
             write_png(&dir.join(&file), world::render(s, a.size), a.size, &what)?;
-            rows.push_str(&format!("| {file} | {what} |\n"));
+            let caption = concepts::caption(c.kind, s);
+            let caption_file = dir.join(format!("{:02}.txt", i + 1));
+            write_atomic(&caption_file, format!("{caption}\n").as_bytes(), true)
+                .map_err(|e| anyhow!(e))?;
+            rows.push_str(&format!("| {file} | {what} | {caption} |\n"));
         }
         let readme = concept_readme(&c, &rows);
         write_atomic(&dir.join("README.md"), readme.as_bytes(), true).map_err(|e| anyhow!(e))?;
@@ -161,7 +165,10 @@ fn concept_readme(c: &concepts::Concept, rows: &str) -> String {
          Pictures from the reconstruction prompt show {identity}. The edit prompts keep that and \
          also show what their words ask for (background, position, size, colour, shape). \
          `invert eval` measures both with the world oracle.\n\n\
-         ## Pictures\n\n| file | content |\n|---|---|\n{rows}",
+         ## Pictures\n\n\
+         Beside each picture, NAME.txt is its caption: what it shows besides the concept, in the \
+         words of the base model's captions (the world templates' `{{caption}}`).\n\n\
+         | file | content | caption |\n|---|---|---|\n{rows}",
         name = c.name,
         token = c.token,
         init = c.init_word,

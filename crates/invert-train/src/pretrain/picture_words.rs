@@ -14,8 +14,12 @@
 //! do. After pretraining no vocabulary id maps to them: words still cannot ask for a striped
 //! object, and textual inversion must find the point from five pictures and the denoising loss.
 //!
-//! The encoder ends in a mean over positions, so it tells what is in the picture more than where
-//! (position is captioned and asked for in words).
+//! The encoder ends in a mean and a max over positions, so it tells what is in the picture more
+//! than where (position is captioned and asked for in words). The mean carries what covers the
+//! picture (background, a style); the max was added for a small object's fill or outline, which
+//! a mean dilutes. Measured (docs/WORLD.md, picture words): the mean picture word of
+//! hatched-style renderings reconstructs the style in 100% of pictures with either pooling, and
+//! that of striped-triangle renderings the striped triangle in 0% with either.
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
@@ -54,7 +58,7 @@ impl PictureEncoderConfig {
             conv_in: conv(self.latent_channels, h, 1),
             conv_down_1: conv(h, h, 2),
             conv_down_2: conv(h, 2 * h, 2),
-            proj: LinearConfig::new(2 * h, self.width).init(device),
+            proj: LinearConfig::new(4 * h, self.width).init(device),
         }
     }
 }
@@ -66,11 +70,10 @@ impl PictureEncoder {
         let h = silu(self.conv_down_1.forward(h));
         let h = silu(self.conv_down_2.forward(h));
         let [n, c, _, _] = h.dims();
-        let pooled = h
-            .reshape([n as i32, c as i32, -1])
-            .mean_dim(2)
-            .reshape([n, c]);
-        let v = self.proj.forward(pooled);
+        let h = h.reshape([n as i32, c as i32, -1]);
+        let mean = h.clone().mean_dim(2).reshape([n, c]);
+        let max = h.max_dim(2).reshape([n, c]);
+        let v = self.proj.forward(Tensor::cat(vec![mean, max], 1));
         let len = v.clone().powf_scalar(2.0).sum_dim(1).sqrt().clamp_min(1e-6);
         v / len * norm
     }

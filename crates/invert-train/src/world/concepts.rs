@@ -194,6 +194,30 @@ impl Concept {
     }
 }
 
+/// The caption written beside a concept-set picture (`NAME.txt`, the `{caption}` of the world
+/// templates, `configs/templates/world-*.txt`): in the words of the base model's captions, what
+/// the picture shows besides the concept. An object's caption gives its place ("at the top left
+/// on a red background"), so the word is left to carry the object; a style's caption gives the
+/// whole content ("a large green triangle at the top left on a red background"), so the word is
+/// left to carry the style. Without it the word also had to explain five different contents,
+/// which dominated its loss (docs/WORLD.md, results); A1111 calls these `[filewords]`.
+pub fn caption(kind: Kind, scene: &Scene) -> String {
+    let place = format!(
+        "at the {} on a {} background",
+        POSITION.values[scene.position], BACKGROUND.values[scene.background]
+    );
+    match kind {
+        Kind::Object => place,
+        // sizes are "small" and "large": the article is always "a"
+        Kind::Style => format!(
+            "a {} {} {} {place}",
+            super::scene::SIZE.values[scene.size],
+            COLOUR.values[scene.colour],
+            SHAPE.values[scene.shape]
+        ),
+    }
+}
+
 /// The value words of every attribute in `labels` (for file names and README tables).
 pub fn describe(labels: &[usize]) -> String {
     let [shape, colour, size, position, background, pattern, style] =
@@ -215,6 +239,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn captions_say_what_the_concept_does_not() {
+        let sets = bundled();
+        let scene = sets[3].scenes(5, 1)[0];
+        assert_eq!(
+            caption(Kind::Style, &scene),
+            "a large green triangle at the top left on a red background"
+        );
+        assert_eq!(
+            caption(Kind::Object, &scene),
+            "at the top left on a red background"
+        );
+    }
+
+    #[test]
     fn every_concept_set_shows_its_identity_in_distinct_pictures() {
         for c in bundled() {
             let scenes = c.scenes(5, 11);
@@ -229,6 +267,9 @@ mod tests {
                 assert!(s.is_visible());
                 assert!(scenes[..i].iter().all(|o| o.labels() != s.labels()));
             }
+            let caption = caption(c.kind, &scenes[0]);
+            let named_identity = c.identity.iter().any(|(_, v)| caption.contains(v));
+            assert!(!named_identity, "{}: {caption}", c.name);
             for e in &c.edits {
                 for &p in &e.asks {
                     resolve(p);
