@@ -89,6 +89,21 @@ fn generate<'a>(out: &'a str, model: &'a str, extra: &[&'a str]) -> Vec<&'a str>
 }
 
 #[test]
+fn eval_refuses_an_unknown_sampler_before_generating() {
+    let tmp = Tmp::new("eval");
+    let err = fails(
+        "unknown eval sampler",
+        &["eval", "--out", &tmp.s("out"), "--sampler", "heun"],
+    );
+    assert_eq!(
+        err,
+        "error: --sampler: unknown sampler `heun` (expected one of: ddim, pndm, euler, euler-a, \
+         dpm++2m)\n"
+    );
+    assert!(!Path::new(&tmp.s("out")).exists(), "nothing written");
+}
+
+#[test]
 fn generate_refuses_bad_settings_and_handles_odd_prompts() {
     let tmp = Tmp::new("generate");
     let (out, model) = (tmp.s("out"), tiny_sd1());

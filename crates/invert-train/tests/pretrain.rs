@@ -204,7 +204,7 @@ fn tensors(dir: &std::path::Path, f: &str) -> (serde_json::Value, Vec<u8>) {
 }
 
 #[test]
-fn a_continued_run_with_picture_words_keeps_the_vae_and_text_encoder() {
+fn a_continued_run_with_picture_words_and_object_weight_keeps_the_vae_and_text_encoder() {
     let base = temp("base");
     let device = Device::flex();
     pretrain::run(&toy(), &base, false, &device, &mut |_| {}).unwrap();
@@ -213,6 +213,7 @@ fn a_continued_run_with_picture_words_keeps_the_vae_and_text_encoder() {
     let config = PretrainConfig {
         init_from: Some(base.clone()),
         picture_words: 1.0,
+        object_weight: 3.0,
         diffusion_steps: 3,
         ..toy()
     };

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use invert_model::embedding::read_embeddings;
 use invert_model::loading::{LoadOptions, load};
 use invert_model::pipeline::{Image, encode_png, grid};
+use invert_model::schedulers::SamplerKind;
 use invert_model::vocabulary::Vocabulary;
 use invert_model::weights::safetensors_write::write_atomic;
 use invert_train::eval::report::EvalReport;
@@ -37,9 +38,12 @@ pub struct EvalArgs {
     /// Random full-description prompts for the base-model fidelity (0 = skip).
     #[arg(long, default_value_t = 96)]
     pub fidelity_prompts: usize,
-    /// Denoising steps (DDIM).
+    /// Denoising steps.
     #[arg(long, default_value_t = 25)]
     pub steps: usize,
+    /// Sampler: ddim, pndm, euler, euler-a, dpm++2m.
+    #[arg(long, default_value = "ddim")]
+    pub sampler: String,
     /// Classifier-free guidance scale (the bundled model's colours over-saturate at SD's 7.5).
     #[arg(long, default_value_t = invert_train::eval::WORLD_GUIDANCE)]
     pub cfg: f64,
@@ -72,6 +76,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.images_per_prompt == 0 || args.steps == 0 {
         bail!("--images-per-prompt and --steps must be at least 1");
     }
+    let sampler = args
+        .sampler
+        .parse::<SamplerKind>()
+        .map_err(|e| anyhow!("--sampler: {e}"))?;
     let device = burn::prelude::Device::flex();
     let model_path = args
         .model
@@ -125,6 +133,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         steps: args.steps,
         guidance: args.cfg,
         seed: args.seed,
+        sampler,
     };
     let judge = Judge {
         sd: &sd,
@@ -174,8 +183,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let report = EvalReport {
         model: model_path.display().to_string(),
         settings: format!(
-            "{} pictures per prompt, DDIM {} steps, guidance {}, seed {}; oracle {}",
+            "{} pictures per prompt, {} {} steps, guidance {}, seed {}; oracle {}",
             settings.images_per_prompt,
+            settings.sampler.name(),
             settings.steps,
             settings.guidance,
             settings.seed,

@@ -38,6 +38,7 @@ pub struct EvalSettings {
     pub steps: usize,
     pub guidance: f64,
     pub seed: u64,
+    pub sampler: SamplerKind,
 }
 
 impl Default for EvalSettings {
@@ -48,6 +49,7 @@ impl Default for EvalSettings {
             steps: 25,
             guidance: WORLD_GUIDANCE,
             seed: 1000,
+            sampler: SamplerKind::Ddim,
         }
     }
 }
@@ -79,7 +81,7 @@ impl Judge<'_> {
             seed,
             width: native,
             height: native,
-            sampler: SamplerConfig::new(SamplerKind::Ddim),
+            sampler: SamplerConfig::new(self.settings.sampler),
             clip_skip: 1,
             init_latents: None,
         };

@@ -38,7 +38,8 @@ pub struct Denoiser {
 
 impl Denoiser {
     /// Denoising loss (mean squared error to the schedule's target) of one batch; ids at or
-    /// above the vocabulary size stand for rows of `extra` (picture words).
+    /// above the vocabulary size stand for rows of `extra` (picture words). `cell_weights`
+    /// (`[n, 1, h, w]`) weighs each latent cell's error (a weighted mean per picture).
     #[allow(clippy::too_many_arguments)]
     pub fn loss(
         &self,
@@ -49,6 +50,7 @@ impl Denoiser {
         ids: Tensor<2, Int>,
         extra: Option<Tensor<2>>,
         min_snr_gamma: Option<f64>,
+        cell_weights: Option<Tensor<4>>,
     ) -> Tensor<1> {
         let device = latents.device();
         let noisy = schedule.add_noise(latents.clone(), noise.clone(), timesteps);
@@ -58,11 +60,7 @@ impl Denoiser {
         let t = Tensor::<1>::from_data(TensorData::new(t, [timesteps.len()]), &device);
         let pred = self.unet.forward(noisy, t, context);
         let n = timesteps.len();
-        let per_sample = (pred - target)
-            .powf_scalar(2.0)
-            .reshape([n as i32, -1])
-            .mean_dim(1)
-            .reshape([n]);
+        let per_sample = per_picture_error((pred - target).powf_scalar(2.0), cell_weights);
         match min_snr_gamma {
             // Min-SNR weighting (Hang et al. 2023): low-noise steps, which teach texture, weigh
             // less; high-noise steps, where the prompt decides the layout, keep full weight.
@@ -72,6 +70,17 @@ impl Denoiser {
             }
             None => per_sample.mean(),
         }
+    }
+}
+
+/// Mean of `squared` errors `[n, c, h, w]` per picture, weighted per cell by `weights`
+/// (`[n, 1, h, w]`, the same for every channel) when given.
+fn per_picture_error(squared: Tensor<4>, weights: Option<Tensor<4>>) -> Tensor<1> {
+    let n = squared.dims()[0];
+    let mean = |t: Tensor<4>| t.reshape([n as i32, -1]).mean_dim(1).reshape([n]);
+    match weights {
+        Some(w) => mean(squared * w.clone()) / mean(w),
+        None => mean(squared),
     }
 }
 
@@ -185,6 +194,29 @@ pub fn step_batch(config: &PretrainConfig, step: usize, train_timesteps: usize) 
         noise_seed,
         picture_draws,
     }
+}
+
+/// Per cached picture of the batch, 1 on the latent cells showing only background and
+/// `object_weight` on those the object touches (`[n, 1, s, s]`); none for plain MSE.
+fn object_weights(
+    config: &PretrainConfig,
+    indices: &[usize],
+    cells: usize,
+    device: &Device,
+) -> Option<Tensor<4>> {
+    if config.object_weight == 1.0 {
+        return None;
+    }
+    let k = config.object_weight as f32;
+    let w: Vec<f32> = indices
+        .iter()
+        .flat_map(|&i| world::render::object_mask(&cached_scene(config, i), cells))
+        .map(|m| 1.0 + (k - 1.0) * m)
+        .collect();
+    Some(Tensor::from_data(
+        TensorData::new(w, [indices.len(), 1, cells, cells]),
+        device,
+    ))
 }
 
 /// Ids with each drawn caption's picture word inserted (id `vocab_size + i` for caption `i`),
@@ -301,6 +333,7 @@ pub fn run(
             ids,
             extra,
             config.min_snr_gamma,
+            object_weights(config, &b.indices, s, &train_device),
         );
         let value = loss.clone().into_scalar::<f32>();
         if !value.is_finite() {
@@ -329,4 +362,55 @@ pub fn run(
     state.diffusion_done = true;
     save_state(work, state)?;
     Ok(model.valid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn object_weights_scale_the_cells_the_object_touches() {
+        let device = Device::flex();
+        let config = PretrainConfig::default();
+        assert!(object_weights(&config, &[0, 1], 16, &device).is_none());
+        let config = PretrainConfig {
+            object_weight: 4.0,
+            ..config
+        };
+        let w = object_weights(&config, &[0, 1], 16, &device).unwrap();
+        assert_eq!(w.dims(), [2, 1, 16, 16]);
+        let values: Vec<f32> = w.into_data().try_to_vec::<f32>().unwrap();
+        for (p, cells) in values.chunks(256).enumerate() {
+            let mask = world::render::object_mask(&cached_scene(&config, p), 16);
+            let want: Vec<f32> = mask.iter().map(|m| 1.0 + 3.0 * m).collect();
+            assert_eq!(cells, want.as_slice(), "picture {p}");
+            assert!(cells.contains(&4.0) && cells.contains(&1.0));
+        }
+    }
+
+    #[test]
+    fn weighted_error_is_a_weighted_mean_per_picture() {
+        let device = Device::flex();
+        let sq = Tensor::<4>::random([2, 3, 4, 4], Distribution::Uniform(0.0, 1.0), &device);
+        let plain = per_picture_error(sq.clone(), None);
+        // uniform weights of any size leave the plain mean
+        let uniform = per_picture_error(sq.clone(), Some(Tensor::full([2, 1, 4, 4], 7.0, &device)));
+        let close = |a: Tensor<1>, b: Tensor<1>| {
+            let d: Vec<f32> = (a - b).abs().into_data().try_to_vec().unwrap();
+            d.iter().all(|v| *v < 1e-5)
+        };
+        assert!(close(plain.clone(), uniform));
+        // all the weight on one cell: that cell's mean over channels
+        let mut w = vec![0f32; 2 * 16];
+        w[5] = 1.0;
+        w[16 + 10] = 2.0;
+        let w = Tensor::from_data(TensorData::new(w, [2, 1, 4, 4]), &device);
+        let one = per_picture_error(sq.clone(), Some(w));
+        let v: Vec<f32> = sq.into_data().try_to_vec().unwrap();
+        let cell = |p: usize, i: usize| (0..3).map(|c| v[p * 48 + c * 16 + i]).sum::<f32>() / 3.0;
+        let want =
+            Tensor::<1>::from_data(TensorData::new(vec![cell(0, 5), cell(1, 10)], [2]), &device);
+        assert!(close(one, want));
+    }
 }

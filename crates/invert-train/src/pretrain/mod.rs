@@ -3,7 +3,8 @@
 //! pictures, then the text encoder on captions (`text_stage.rs`, standing in for SD's pretrained
 //! CLIP), then the U-Net on cached latents with the denoising loss, the text encoder frozen. The
 //! result is an ordinary diffusers folder (`folder.rs`). A second run may continue a finished
-//! one (`init_from`, `base_model.rs`), for example with picture words (`picture_words.rs`).
+//! one (`init_from`, `base_model.rs`), for example with picture words (`picture_words.rs`) or
+//! with the loss weighted towards the object (`object_weight`).
 //!
 //! Every stage saves a checkpoint (`<out>/work/`) every `checkpoint_every` steps and at its end;
 //! a second run with the same config continues where the first stopped. All data derive from
@@ -58,6 +59,11 @@ pub struct PretrainConfig {
     pub warmup_steps: usize,
     /// Min-SNR-gamma weighting of the denoising loss (none: plain MSE).
     pub min_snr_gamma: Option<f64>,
+    /// Weight of the latent cells the object touches in the denoising loss, against 1 for the
+    /// background's (1: plain MSE). The object's shape and fill are a few cells of a 16x16
+    /// latent and the background most of the rest, so plain MSE spends most of its gradient on
+    /// what the model already draws (docs/WORLD.md, stage 6: object weight).
+    pub object_weight: f64,
     /// What the U-Net learns to predict and the noise schedule; written to
     /// `scheduler/scheduler_config.json` (see [`architecture::scheduler_json`] for why the
     /// defaults differ from SD 1.x's).
@@ -93,6 +99,7 @@ impl Default for PretrainConfig {
             diffusion_lr: 8e-4,
             warmup_steps: 100,
             min_snr_gamma: None,
+            object_weight: 1.0,
             prediction_type: PredictionType::VPrediction,
             beta_schedule: BetaSchedule::Linear,
             beta_start: 0.0001,
@@ -129,6 +136,11 @@ impl PretrainConfig {
         if !(0.0..=1.0).contains(&self.picture_words) {
             return Err(PretrainError::Config(
                 "picture_words is a share of the captions, from 0 to 1".into(),
+            ));
+        }
+        if !(self.object_weight.is_finite() && self.object_weight > 0.0) {
+            return Err(PretrainError::Config(
+                "object_weight must be a positive number (1: plain MSE)".into(),
             ));
         }
         for (name, lr) in [
@@ -345,6 +357,22 @@ mod tests {
                 ..Default::default()
             };
             assert!(c.validate().unwrap_err().to_string().contains("beta_start"));
+        }
+    }
+
+    #[test]
+    fn object_weights_that_are_not_positive_are_refused() {
+        for object_weight in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let c = PretrainConfig {
+                object_weight,
+                ..Default::default()
+            };
+            assert!(
+                c.validate()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("object_weight")
+            );
         }
     }
 

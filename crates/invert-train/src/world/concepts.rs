@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::scene::{
-    ATTRIBUTES, BACKGROUND, COLOUR, PATTERN, POSITION, SHAPE, STYLE, Scene, value_index,
+    ATTRIBUTES, BACKGROUND, COLOUR, PATTERN, POSITION, SHAPE, SIZE, STYLE, Scene, value_index,
 };
 
 /// Object or style (paper: templates and initialisers differ).
@@ -181,10 +181,14 @@ impl Concept {
                 let (a, v) = resolve(p);
                 s.set(a, v);
             }
-            // spread the varied attributes: a new position for each picture while possible, and
-            // both sizes
+            // spread the varied attributes: a new position for each picture while possible;
+            // styles in both sizes, objects large (an object set shows one object, and its fill
+            // is a few pixels even then; docs/WORLD.md, objects)
             s.position = (scenes.len() + rng.random_range(0..2)) % POSITION.values.len();
-            s.size = (scenes.len() + seed as usize) % 2;
+            s.size = match self.kind {
+                Kind::Object => value_index(&SIZE, "large").expect("large is a size"),
+                Kind::Style => (scenes.len() + seed as usize) % 2,
+            };
             let repeat = scenes.iter().any(|o| o.labels() == s.labels());
             if s.is_visible() && !repeat {
                 scenes.push(s);
@@ -211,9 +215,7 @@ pub fn caption(kind: Kind, scene: &Scene) -> String {
         // sizes are "small" and "large": the article is always "a"
         Kind::Style => format!(
             "a {} {} {} {place}",
-            super::scene::SIZE.values[scene.size],
-            COLOUR.values[scene.colour],
-            SHAPE.values[scene.shape]
+            SIZE.values[scene.size], COLOUR.values[scene.colour], SHAPE.values[scene.shape]
         ),
     }
 }
@@ -224,7 +226,7 @@ pub fn describe(labels: &[usize]) -> String {
         [0, 1, 2, 3, 4, 5, 6].map(|i| labels[i]);
     format!(
         "{} {} {} {}, {} background, {} fill, {} style",
-        super::scene::SIZE.values[size],
+        SIZE.values[size],
         COLOUR.values[colour],
         SHAPE.values[shape],
         POSITION.values[position],

@@ -63,10 +63,8 @@ fn shape_distance(shape: usize, p: [f32; 2], c: [f32; 2], r: f32) -> f32 {
     }
 }
 
-/// The colour of the point `p` (in units of the picture side) of `scene`.
-fn colour_at(scene: &Scene, p: [f32; 2]) -> [f32; 3] {
-    let bg = BACKGROUND_RGB[scene.background];
-    let obj = OBJECT_RGB[scene.colour];
+/// The object's centre and radius, in units of the picture side.
+fn placement(scene: &Scene) -> ([f32; 2], f32) {
     let centre = [
         if scene.position.is_multiple_of(2) {
             0.27
@@ -76,6 +74,14 @@ fn colour_at(scene: &Scene, p: [f32; 2]) -> [f32; 3] {
         if scene.position < 2 { 0.27 } else { 0.73 } + scene.jitter[1] as f32 / 16.0 / 32.0,
     ];
     let radius = if scene.size == 0 { 0.15 } else { 0.22 } + scene.jitter[2] as f32 / 16.0 / 32.0;
+    (centre, radius)
+}
+
+/// The colour of the point `p` (in units of the picture side) of `scene`.
+fn colour_at(scene: &Scene, p: [f32; 2]) -> [f32; 3] {
+    let bg = BACKGROUND_RGB[scene.background];
+    let obj = OBJECT_RGB[scene.colour];
+    let (centre, radius) = placement(scene);
     let d = shape_distance(scene.shape, p, centre, radius);
     // style: framed draws a border, hatched draws diagonal lines over the background
     let frame = 0.07;
@@ -138,6 +144,25 @@ pub fn render(scene: &Scene, size: usize) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Which cells of a `cells`x`cells` grid over the picture the object touches (1.0) and which
+/// show only the background (0.0), row-major: the object's place at latent resolution, for the
+/// pretraining loss's object weight (`PretrainConfig::object_weight`).
+pub fn object_mask(scene: &Scene, cells: usize) -> Vec<f32> {
+    let (centre, radius) = placement(scene);
+    let side = 1.0 / cells as f32;
+    // a cell is touched when the outline passes within half its diagonal of the cell's centre
+    let reach = side * std::f32::consts::FRAC_1_SQRT_2;
+    (0..cells * cells)
+        .map(|i| {
+            let p = [
+                ((i % cells) as f32 + 0.5) * side,
+                ((i / cells) as f32 + 0.5) * side,
+            ];
+            f32::from(shape_distance(scene.shape, p, centre, radius) < reach)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -214,6 +239,45 @@ mod tests {
             [25, 25, 25],
             "dark frame on white"
         );
+    }
+
+    #[test]
+    fn object_mask_covers_every_cell_the_object_is_drawn_in() {
+        for (shape, size, position) in [(0, 1, 0), (1, 0, 3), (2, 1, 1), (2, 0, 2)] {
+            let s = Scene {
+                shape,
+                size,
+                position,
+                jitter: [3, -2, 1],
+                ..scene()
+            };
+            let (cells, f) = (16, 2);
+            let mask = object_mask(&s, cells);
+            let img = render(&s, cells * f);
+            let background = pixel(
+                &img,
+                cells * f,
+                31 - 31 * (position % 2),
+                31 - 31 * (position / 2),
+            );
+            for (i, &m) in mask.iter().enumerate() {
+                let (cx, cy) = (i % cells, i / cells);
+                let drawn = (0..f * f)
+                    .any(|k| pixel(&img, cells * f, cx * f + k % f, cy * f + k / f) != background);
+                // every cell the object shows in is marked
+                if drawn {
+                    assert_eq!(m, 1.0, "shape {shape} size {size}: cell {cx},{cy}");
+                }
+            }
+            // and not much more: every shape covers 2 to 3.2 r^2 (triangle to circle), and the
+            // mask reaches half a cell's diagonal past the outline
+            let marked = mask.iter().filter(|&&m| m == 1.0).count();
+            let r2 = if size == 0 { 0.15f32 } else { 0.22 }.powi(2) * (cells * cells) as f32;
+            assert!(
+                marked as f32 > 2.0 * r2 && (marked as f32) < 8.0 * r2,
+                "shape {shape} size {size}: {marked} cells"
+            );
+        }
     }
 
     #[test]
