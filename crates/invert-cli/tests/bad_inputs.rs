@@ -104,6 +104,25 @@ fn eval_refuses_an_unknown_sampler_before_generating() {
 }
 
 #[test]
+fn world_oracle_refuses_a_missing_model_before_training() {
+    let tmp = Tmp::new("oracle");
+    let err = fails(
+        "missing oracle model",
+        &[
+            "world",
+            "oracle",
+            "--out",
+            &tmp.s("oracle"),
+            "--model",
+            &tmp.s("no-such-model"),
+        ],
+    );
+    assert!(err.contains("no-such-model"), "{err}");
+    assert!(err.contains("its VAE reconstructs"), "{err}");
+    assert!(!Path::new(&tmp.s("oracle")).exists(), "nothing written");
+}
+
+#[test]
 fn generate_refuses_bad_settings_and_handles_odd_prompts() {
     let tmp = Tmp::new("generate");
     let (out, model) = (tmp.s("out"), tiny_sd1());

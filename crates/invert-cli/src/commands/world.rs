@@ -53,6 +53,10 @@ pub struct OracleArgs {
     pub steps: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The model on whose VAE's reconstructions of the held-out pictures the oracle is also
+    /// measured, as `invert eval` judges that decoder's pictures (default: the bundled model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
 }
 
 pub fn run(cmd: WorldCommand) -> Result<()> {
@@ -188,6 +192,18 @@ fn train_oracle(a: OracleArgs) -> Result<()> {
         seed: a.seed,
         ..Default::default()
     };
+    let model_path = a
+        .model
+        .clone()
+        .unwrap_or_else(invert_model::loading::default_model_dir);
+    let sd = invert_model::loading::load(&model_path, &Default::default(), &device).with_context(
+        || {
+            format!(
+                "loading {} (its VAE reconstructs the held-out pictures)",
+                model_path.display()
+            )
+        },
+    )?;
     let bar = ProgressBar::new(a.steps as u64).with_style(
         ProgressStyle::with_template("oracle [{bar:30}] {pos}/{len} {msg} eta {eta}")
             .expect("valid template"),
@@ -197,12 +213,16 @@ fn train_oracle(a: OracleArgs) -> Result<()> {
         bar.set_message(format!("loss {loss:.4}"));
     });
     bar.finish();
-    let accuracy = oracle::train::measure(&model, &config, &training, &device);
+    let accuracy = oracle::train::measure(&model, &config, &training, Some(&sd.vae), &device);
     println!("held-out accuracy ({} pictures):", accuracy.pictures);
-    println!("| attribute | clean | degraded |\n|---|---:|---:|");
+    println!("| attribute | clean | degraded | VAE-reconstructed |\n|---|---:|---:|---:|");
     for (i, name) in accuracy.attributes.iter().enumerate() {
+        let rebuilt = accuracy
+            .decoded
+            .as_ref()
+            .map_or("-".to_string(), |d| format!("{:.4}", d[i]));
         println!(
-            "| {name} | {:.4} | {:.4} |",
+            "| {name} | {:.4} | {:.4} | {rebuilt} |",
             accuracy.clean[i], accuracy.degraded[i]
         );
     }

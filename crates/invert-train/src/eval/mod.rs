@@ -125,10 +125,12 @@ pub fn full_prompt(s: &Scene) -> String {
     )
 }
 
-/// Per captioned attribute: (name, fraction of pictures showing the asked value).
+/// Per captioned attribute: (name, fraction of pictures showing the asked value), and the same
+/// per asked value (which value of an attribute the model gets wrong).
 #[derive(Debug, Clone, Serialize)]
 pub struct Fidelity {
     pub attributes: Vec<(String, f64)>,
+    pub values: Vec<Vec<(String, f64)>>,
     pub pictures: usize,
 }
 
@@ -143,6 +145,11 @@ pub fn fidelity(
         .filter(|&a| ATTRIBUTES[a].captioned)
         .collect();
     let mut right = vec![0usize; captioned.len()];
+    // per attribute and asked value: (pictures, right)
+    let mut by_value: Vec<Vec<(usize, usize)>> = captioned
+        .iter()
+        .map(|&a| vec![(0, 0); ATTRIBUTES[a].values.len()])
+        .collect();
     let per = (s.images_per_prompt / 4).max(1);
     let mut total = 0;
     for p in 0..s.fidelity_prompts {
@@ -152,7 +159,11 @@ pub fn fidelity(
         keep(&prompt, &judged.images);
         for l in &judged.labels {
             for (k, &a) in captioned.iter().enumerate() {
-                right[k] += usize::from(l[a] == scene.labels()[a]);
+                let asked = scene.labels()[a];
+                let ok = usize::from(l[a] == asked);
+                right[k] += ok;
+                by_value[k][asked].0 += 1;
+                by_value[k][asked].1 += ok;
             }
         }
         total += judged.labels.len();
@@ -163,6 +174,19 @@ pub fn fidelity(
             .iter()
             .zip(&right)
             .map(|(&a, &r)| (ATTRIBUTES[a].name.to_string(), r as f64 / total as f64))
+            .collect(),
+        values: captioned
+            .iter()
+            .zip(&by_value)
+            .map(|(&a, counts)| {
+                ATTRIBUTES[a]
+                    .values
+                    .iter()
+                    .zip(counts)
+                    .filter(|(_, (n, _))| *n > 0)
+                    .map(|(v, &(n, r))| (v.to_string(), r as f64 / n as f64))
+                    .collect()
+            })
             .collect(),
         pictures: total,
     })

@@ -71,17 +71,25 @@ impl EvalReport {
         if let Some(f) = &self.fidelity {
             s.push_str(&format!(
                 "\n## Base-model prompt fidelity ({} pictures; goal {} per attribute)\n\n\
-                 | attribute | shows what the prompt asked |\n|---|---:|\n",
+                 | attribute | shows what the prompt asked | per asked value |\n|---|---:|---|\n",
                 f.pictures,
                 pct(FIDELITY_GOAL)
             ));
-            for (name, v) in &f.attributes {
+            for ((name, v), values) in f.attributes.iter().zip(&f.values) {
                 let mark = if *v >= FIDELITY_GOAL {
                     ""
                 } else {
                     " (below goal)"
                 };
-                s.push_str(&format!("| {name} | {}{mark} |\n", pct(*v)));
+                let values: Vec<String> = values
+                    .iter()
+                    .map(|(value, v)| format!("{value} {}", pct(*v)))
+                    .collect();
+                s.push_str(&format!(
+                    "| {name} | {}{mark} | {} |\n",
+                    pct(*v),
+                    values.join(", ")
+                ));
             }
         }
         if !self.concepts.is_empty() {
@@ -185,5 +193,29 @@ mod tests {
         }
         .markdown();
         assert!(md.contains("| a | +70.0 points | 83.3% | met |"), "{md}");
+    }
+
+    #[test]
+    fn fidelity_table_names_the_values_below_the_goal() {
+        let md = EvalReport {
+            model: "m".into(),
+            settings: String::new(),
+            fidelity: Some(Fidelity {
+                attributes: vec![("shape".into(), 0.88), ("colour".into(), 1.0)],
+                values: vec![
+                    vec![("circle".into(), 0.64), ("square".into(), 1.0)],
+                    vec![("red".into(), 1.0)],
+                ],
+                pictures: 8,
+            }),
+            concepts: vec![],
+            compositions: vec![],
+        }
+        .markdown();
+        assert!(
+            md.contains("| shape | 88.0% (below goal) | circle 64.0%, square 100.0% |"),
+            "{md}"
+        );
+        assert!(md.contains("| colour | 100.0% | red 100.0% |"), "{md}");
     }
 }

@@ -1,9 +1,12 @@
 //! Training the oracle on rendered pictures with their exact labels, and measuring it on
 //! held-out pictures. Training pictures are degraded at random (blur, noise, colour shifts) so
-//! the oracle also reads the softer pictures a diffusion model draws.
+//! the oracle also reads the softer pictures a diffusion model draws. It is also measured on a
+//! VAE's reconstructions of the held-out pictures: every picture `invert eval` judges comes out
+//! of that decoder, so what it loses no generated picture can show (docs/WORLD.md, the oracle).
 
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
+use invert_model::vae::AutoencoderKL;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -35,12 +38,15 @@ impl Default for OracleTraining {
     }
 }
 
-/// Held-out accuracy per attribute (in `ATTRIBUTES` order), on clean and degraded pictures.
+/// Held-out accuracy per attribute (in `ATTRIBUTES` order), on clean and degraded pictures
+/// and, when measured with a VAE, on its reconstructions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Accuracy {
     pub attributes: Vec<String>,
     pub clean: Vec<f64>,
     pub degraded: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoded: Option<Vec<f64>>,
     pub pictures: usize,
 }
 
@@ -102,6 +108,23 @@ fn pictures(
     }
 }
 
+/// The pictures of `scenes` as `vae` reconstructs them (posterior mean, decoded, rounded to 8
+/// bits as `pipeline::decode` writes a generated picture), on `device`.
+fn decoded(vae: &AutoencoderKL, scenes: &[Scene], size: usize, device: &Device) -> Tensor<4> {
+    let vae_device = vae.encoder.conv_in.weight.val().device();
+    let images = world::pictures_tensor(scenes, size, &vae_device);
+    let rebuilt = vae
+        .decode(vae.encode(images).mean)
+        .cast(burn::tensor::DType::F32)
+        .clamp(-1.0, 1.0)
+        .add_scalar(1.0)
+        .mul_scalar(127.5)
+        .round()
+        .div_scalar(127.5)
+        .sub_scalar(1.0);
+    Tensor::from_data(rebuilt.into_data(), device)
+}
+
 /// Trains an oracle; `progress(step, loss)` after each step.
 pub fn train(
     config: &OracleConfig,
@@ -146,11 +169,13 @@ pub fn train(
     model.valid()
 }
 
-/// Per-attribute accuracy of `oracle` on held-out pictures.
+/// Per-attribute accuracy of `oracle` on held-out pictures (and on `vae`'s reconstructions of
+/// them, when given).
 pub fn measure(
     oracle: &Oracle,
     config: &OracleConfig,
     training: &OracleTraining,
+    vae: Option<&AutoencoderKL>,
     device: &Device,
 ) -> Accuracy {
     let mut rng = ChaCha8Rng::seed_from_u64(training.seed ^ HELD_OUT_STREAM);
@@ -159,21 +184,33 @@ pub fn measure(
         .collect();
     let mut clean = vec![0usize; ATTRIBUTES.len()];
     let mut degraded = vec![0usize; ATTRIBUTES.len()];
-    for chunk in scenes.chunks(256) {
-        for (counts, soft) in [(&mut clean, false), (&mut degraded, true)] {
-            let images = pictures(chunk, config.image_size, soft.then_some(&mut rng), device);
-            for (pred, s) in oracle.predict(images).iter().zip(chunk) {
-                for (a, count) in counts.iter_mut().enumerate() {
-                    *count += usize::from(pred[a] == s.labels()[a]);
-                }
+    let mut rebuilt = vec![0usize; ATTRIBUTES.len()];
+    let count = |counts: &mut Vec<usize>, images: Tensor<4>, chunk: &[Scene]| {
+        for (pred, s) in oracle.predict(images).iter().zip(chunk) {
+            for (a, count) in counts.iter_mut().enumerate() {
+                *count += usize::from(pred[a] == s.labels()[a]);
             }
+        }
+    };
+    let size = config.image_size;
+    for chunk in scenes.chunks(256) {
+        count(&mut clean, pictures(chunk, size, None, device), chunk);
+        count(
+            &mut degraded,
+            pictures(chunk, size, Some(&mut rng), device),
+            chunk,
+        );
+        if let Some(vae) = vae {
+            count(&mut rebuilt, decoded(vae, chunk, size, device), chunk);
         }
     }
     let n = scenes.len() as f64;
+    let fractions = |counts: Vec<usize>| counts.iter().map(|&c| c as f64 / n).collect();
     Accuracy {
         attributes: ATTRIBUTES.iter().map(|a| a.name.to_string()).collect(),
-        clean: clean.iter().map(|&c| c as f64 / n).collect(),
-        degraded: degraded.iter().map(|&c| c as f64 / n).collect(),
+        clean: fractions(clean),
+        degraded: fractions(degraded),
+        decoded: vae.map(|_| fractions(rebuilt)),
         pictures: scenes.len(),
     }
 }
