@@ -2,7 +2,7 @@
 # The README's first command. Learns the word <hatched-style> from the five pictures of
 # datasets/hatched-style (and their captions) with the bundled model (models/world), then draws
 # it in prompts it was never trained on, next to what the initialiser word alone gives. Writes
-# out/quickstart/grid.png (one row per prompt: 6 seeds each). About 4 minutes on a 2-core CPU
+# out/quickstart/grid.png (one row per prompt: 6 seeds each). About 3 minutes on a 2-core CPU
 # after the build. Guidance 3: the bundled model over-saturates its colours at SD's usual 7.5.
 set -euo pipefail
 cd "$(dirname "$0")/.."

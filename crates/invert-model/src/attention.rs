@@ -5,12 +5,8 @@
 
 use burn::nn::{GroupNorm, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::DType;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 
-use crate::cpu::attention::attention_tokens;
-use crate::cpu::fused_path;
+pub use crate::fused::attention::multi_head_attention;
 use crate::layers::{group_norm, group_norm_act, image_to_tokens, linear_fused, tokens_to_image};
 
 #[derive(Config, Debug)]
@@ -97,136 +93,10 @@ impl Attention {
     }
 }
 
-/// The most bytes one slice of attention scores may take (see [`multi_head_attention`]).
-const SCORE_SLICE_BYTES: usize = 256 << 20;
-
-/// Query rows per slice so that `[bh, rows, lk]` scores stay under [`SCORE_SLICE_BYTES`].
-fn query_slice_rows(bh: usize, lq: usize, lk: usize, elem_bytes: usize) -> usize {
-    let per_row = (bh * lk * elem_bytes).max(1);
-    (SCORE_SLICE_BYTES / per_row).clamp(1, lq.max(1))
-}
-
-/// Attention of `[b, heads, lq, d]` queries taken `rows` at a time.
-fn sliced_attention(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    options: AttentionModuleOptions,
-    rows: usize,
-) -> Tensor<4> {
-    let lq = q.dims()[2];
-    if rows >= lq {
-        return attention(q, k, v, None, None, options);
-    }
-    let slices = (0..lq)
-        .step_by(rows)
-        .map(|start| {
-            let end = (start + rows).min(lq);
-            let q = q.clone().slice(s![.., .., start..end, ..]);
-            attention(q, k.clone(), v.clone(), None, None, options)
-        })
-        .collect();
-    Tensor::cat(slices, 2)
-}
-
-/// Splits `[b, l, heads*d]` projections into heads, runs SDPA with scale `1/sqrt(d)` and merges
-/// the heads back. `causal` masks future positions (CLIP's text encoder).
-pub fn multi_head_attention(
-    q: Tensor<3>,
-    k: Tensor<3>,
-    v: Tensor<3>,
-    heads: usize,
-    upcast: bool,
-    causal: bool,
-) -> Tensor<3> {
-    let [b, lq, inner] = q.dims();
-    let lk = k.dims()[1];
-    let d = inner / heads;
-    let device = q.device();
-    if fused_path(&device, q.dtype()) {
-        // Inference on flex: the fused kernel reads the token layout directly.
-        let (qd, kd, vd) = (q.into_data(), k.into_data(), v.into_data());
-        let out = attention_tokens(
-            qd.as_slice::<f32>().expect("f32 query"),
-            kd.as_slice::<f32>().expect("f32 key"),
-            vd.as_slice::<f32>().expect("f32 value"),
-            b,
-            lq,
-            lk,
-            heads,
-            d,
-            causal,
-        );
-        return Tensor::from_data(TensorData::new(out, [b, lq, inner]), &device);
-    }
-    let split = |t: Tensor<3>, l: usize| t.reshape([b, l, heads, d]).swap_dims(1, 2);
-    let (mut q, mut k, mut v) = (split(q, lq), split(k, lk), split(v, lk));
-    let dtype = q.dtype();
-    let upcast = upcast && dtype != DType::F32;
-    if upcast {
-        q = q.cast(DType::F32);
-        k = k.cast(DType::F32);
-        v = v.cast(DType::F32);
-    }
-    let options = AttentionModuleOptions {
-        is_causal: causal,
-        ..Default::default()
-    };
-    // Sliced attention (diffusers' `enable_attention_slicing`): burn's attention materialises
-    // the `[b, heads, lq, lk]` score matrix, 17 GB at a 256x256 latent; query slices bound it.
-    // The causal mask depends on absolute positions, and only CLIP's 77 tokens use it.
-    let mut out = if causal {
-        attention(q, k, v, None, None, options)
-    } else {
-        let rows = query_slice_rows(b * heads, lq, lk, q.dtype().size());
-        sliced_attention(q, k, v, options, rows)
-    };
-    if upcast {
-        out = out.cast(dtype);
-    }
-    out.swap_dims(1, 2).reshape([b, lq, inner])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sliced_attention_equals_whole() {
-        let device = Device::flex();
-        let n = |shape: [usize; 4]| {
-            Tensor::<4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device)
-        };
-        let (q, k, v) = (n([2, 3, 10, 4]), n([2, 3, 7, 4]), n([2, 3, 7, 4]));
-        let options = AttentionModuleOptions::default();
-        let whole = attention(q.clone(), k.clone(), v.clone(), None, None, options);
-        let sliced = sliced_attention(q, k, v, options, 3);
-        let diff = (whole - sliced).abs().max().into_scalar::<f32>();
-        assert!(diff < 1e-6, "{diff}");
-        // 256 MiB of f32 scores over 8 heads x 65536 keys: 128 query rows per slice.
-        assert_eq!(query_slice_rows(8, 65536, 65536, 4), 128);
-        assert_eq!(query_slice_rows(8, 64, 77, 4), 64);
-    }
     use burn::tensor::Distribution;
-    use burn::tensor::activation::softmax;
-
-    #[test]
-    fn multi_head_attention_matches_the_formula() {
-        let device = Device::flex();
-        let r = |s: [usize; 3]| Tensor::<3>::random(s, Distribution::Normal(0.0, 1.0), &device);
-        let (q, k, v) = (r([2, 5, 8]), r([2, 7, 8]), r([2, 7, 8]));
-        let got = multi_head_attention(q.clone(), k.clone(), v.clone(), 2, false, false);
-        // softmax(q k^T / sqrt(d)) v per head, d = 4.
-        let split = |t: Tensor<3>, l| t.reshape([2, l, 2, 4]).swap_dims(1, 2);
-        let scores = split(q, 5)
-            .matmul(split(k, 7).swap_dims(2, 3))
-            .div_scalar(2.0);
-        let want = softmax(scores, 3)
-            .matmul(split(v, 7))
-            .swap_dims(1, 2)
-            .reshape([2, 5, 8]);
-        assert!((got - want).abs().max().into_scalar::<f32>() < 1e-5);
-    }
 
     #[test]
     fn vae_attention_keeps_the_image_shape_and_adds_the_residual() {

@@ -2,13 +2,11 @@
 //! uses everywhere, and the activations burn does not ship.
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{GroupNorm, GroupNormConfig, Linear, PaddingConfig2d};
+use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::{sigmoid, silu};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
-
-use crate::cpu::{self, Values};
 
 /// A square conv with `k` x `k` kernel, stride `stride` and symmetric zero padding `pad`.
 pub fn conv2d(
@@ -44,157 +42,9 @@ pub fn upsample_nearest(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
     )
 }
 
-/// What a [`conv_fused`] does to its input first.
-#[derive(Clone, Copy)]
-pub enum Pre<'a> {
-    None,
-    /// `GroupNorm`, then SiLU if the flag is set.
-    Norm(&'a GroupNorm, bool),
-    /// Nearest-neighbour 2x upsample.
-    Upsample2x,
-}
-
-fn explicit_padding(conv: &Conv2d) -> Option<[usize; 4]> {
-    match conv.padding {
-        PaddingConfig2d::Explicit(a, b, c, d) => Some([a, b, c, d]),
-        PaddingConfig2d::Valid => Some([0; 4]),
-        _ => None,
-    }
-}
-
-/// GroupNorm as a per-(image, channel) `(scale, shift)` of `x` `[b, c, h, w]`.
-fn norm_affine(norm: &GroupNorm, x: &[f32], [b, c, h, w]: [usize; 4]) -> (Vec<f32>, Vec<f32>) {
-    let gamma = norm.gamma.as_ref().map(|g| Values::of(g.val()));
-    let beta = norm.beta.as_ref().map(|g| Values::of(g.val()));
-    cpu::norm::group_norm_affine(
-        x,
-        b,
-        c,
-        h * w,
-        norm.num_groups,
-        norm.epsilon,
-        gamma.as_ref().map(|v| v.as_slice()),
-        beta.as_ref().map(|v| v.as_slice()),
-    )
-}
-
-/// `silu(norm(x))` (or `norm(x)`), in one pass on the fused CPU path.
-pub fn group_norm_act(norm: &GroupNorm, x: Tensor<4>, act: bool) -> Tensor<4> {
-    let device = x.device();
-    if !cpu::fused_path(&device, x.dtype()) {
-        let y = norm.forward(x);
-        return if act { silu(y) } else { y };
-    }
-    let dims = x.dims();
-    let xv = Values::of(x);
-    let (scale, shift) = norm_affine(norm, xv.as_slice(), dims);
-    let y = cpu::norm::apply_affine(
-        xv.as_slice(),
-        (dims[1], dims[2] * dims[3]),
-        &scale,
-        &shift,
-        act,
-    );
-    cpu::tensor(y, dims, &device)
-}
-
-/// `conv(pre(x)) + image_bias + residual`: `image_bias` is `[b, cout]` (broadcast over the
-/// image), `residual` `[b, cout, H, W]`. On the fused CPU path the pre-step runs while the
-/// convolution reads its input and the additions while it writes; elsewhere these are burn ops.
-pub fn conv_fused(
-    conv: &Conv2d,
-    x: Tensor<4>,
-    pre: Pre,
-    image_bias: Option<Tensor<2>>,
-    residual: Option<Tensor<4>>,
-) -> Tensor<4> {
-    let device = x.device();
-    let [b, cin, h, w] = x.dims();
-    let [cout, _, kh, kw] = conv.weight.dims();
-    let supported = explicit_padding(conv).is_some_and(|p| {
-        cpu::conv::supported([kh, kw], conv.stride, p, conv.dilation, conv.groups)
-    });
-    if !(supported && cpu::fused_path(&device, x.dtype())) {
-        let x = match pre {
-            Pre::None => x,
-            Pre::Norm(norm, act) => {
-                let y = norm.forward(x);
-                if act { silu(y) } else { y }
-            }
-            Pre::Upsample2x => upsample_nearest(x, [2 * h, 2 * w]),
-        };
-        let mut y = conv.forward(x);
-        if let Some(t) = image_bias {
-            y = y + t.unsqueeze_dims::<4>(&[2, 3]);
-        }
-        return match residual {
-            Some(r) => r + y,
-            None => y,
-        };
-    }
-    let xv = Values::of(x);
-    let affine = match pre {
-        Pre::Norm(norm, _) => Some(norm_affine(norm, xv.as_slice(), [b, cin, h, w])),
-        _ => None,
-    };
-    let input = match (pre, &affine) {
-        (Pre::Norm(_, act), Some((scale, shift))) => cpu::conv::Input::Affine {
-            scale,
-            shift,
-            silu: act,
-        },
-        (Pre::Upsample2x, _) => cpu::conv::Input::Upsample2x,
-        _ => cpu::conv::Input::Plain,
-    };
-    let weight = Values::of(conv.weight.val());
-    let bias = conv.bias.as_ref().map(|p| Values::of(p.val()));
-    let image_bias = image_bias.map(Values::of);
-    let residual = residual.map(Values::of);
-    let (oh, ow) = match pre {
-        Pre::Upsample2x => (2 * h, 2 * w),
-        _ => (h, w),
-    };
-    let y = cpu::conv::conv2d(&cpu::conv::Conv {
-        x: xv.as_slice(),
-        batch: b,
-        cin,
-        h,
-        w,
-        weight: weight.as_slice(),
-        cout,
-        k: kh,
-        bias: bias.as_ref().map(|v| v.as_slice()),
-        image_bias: image_bias.as_ref().map(|v| v.as_slice()),
-        residual: residual.as_ref().map(|v| v.as_slice()),
-        input,
-    });
-    cpu::tensor(y, [b, cout, oh, ow], &device)
-}
-
-/// `lin.forward(x)`, with the fused CPU kernel where it applies.
-pub fn linear_fused<const D: usize>(lin: &Linear, x: Tensor<D>) -> Tensor<D> {
-    let device = x.device();
-    let [k, n] = lin.weight.dims();
-    if !(cpu::fused_path(&device, x.dtype()) && cpu::linear::supported(n)) {
-        return lin.forward(x);
-    }
-    let mut dims = x.dims();
-    assert_eq!(dims[D - 1], k, "linear: input width");
-    let rows = dims[..D - 1].iter().product();
-    let xv = Values::of(x);
-    let w = Values::of(lin.weight.val());
-    let b = lin.bias.as_ref().map(|p| Values::of(p.val()));
-    let y = cpu::linear::linear(
-        xv.as_slice(),
-        rows,
-        k,
-        w.as_slice(),
-        n,
-        b.as_ref().map(|v| v.as_slice()),
-    );
-    dims[D - 1] = n;
-    cpu::tensor(y, dims, &device)
-}
+pub use crate::fused::conv::{Pre, conv as conv_fused};
+pub use crate::fused::group_norm::group_norm as group_norm_act;
+pub use crate::fused::linear::linear as linear_fused;
 
 /// `[b, c, h, w]` -> `[b, h*w, c]`, the token layout attention works on.
 pub fn image_to_tokens(x: Tensor<4>) -> Tensor<3> {
@@ -212,6 +62,7 @@ pub fn tokens_to_image(x: Tensor<3>, h: usize, w: usize) -> Tensor<4> {
 mod tests {
     use super::*;
     use burn::tensor::Distribution;
+    use burn::tensor::activation::silu;
 
     #[test]
     fn quick_gelu_of_one() {

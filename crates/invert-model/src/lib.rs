@@ -6,6 +6,7 @@ pub mod clip;
 pub mod cpu;
 pub mod device;
 pub mod embedding;
+pub mod fused;
 pub mod inspect;
 pub mod keymap;
 pub mod layers;

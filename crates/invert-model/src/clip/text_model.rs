@@ -12,7 +12,8 @@ use burn::tensor::module::embedding;
 
 use super::config::CLIPTextConfig;
 use crate::attention::multi_head_attention;
-use crate::layers::quick_gelu;
+use crate::fused::layer_norm::layer_norm;
+use crate::layers::{linear_fused, quick_gelu};
 
 #[derive(Module, Debug)]
 pub struct CLIPAttention {
@@ -25,11 +26,13 @@ pub struct CLIPAttention {
 
 impl CLIPAttention {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let q = self.q_proj.forward(x.clone());
-        let k = self.k_proj.forward(x.clone());
-        let v = self.v_proj.forward(x);
-        self.out_proj
-            .forward(multi_head_attention(q, k, v, self.heads, false, true))
+        let q = linear_fused(&self.q_proj, x.clone());
+        let k = linear_fused(&self.k_proj, x.clone());
+        let v = linear_fused(&self.v_proj, x);
+        linear_fused(
+            &self.out_proj,
+            multi_head_attention(q, k, v, self.heads, false, true),
+        )
     }
 }
 
@@ -42,13 +45,13 @@ pub struct CLIPMLP {
 
 impl CLIPMLP {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = self.fc1.forward(x);
+        let h = linear_fused(&self.fc1, x);
         let h = if self.quick_gelu {
             quick_gelu(h)
         } else {
             gelu(h)
         };
-        self.fc2.forward(h)
+        linear_fused(&self.fc2, h)
     }
 }
 
@@ -58,12 +61,18 @@ pub struct CLIPEncoderLayer {
     pub layer_norm1: LayerNorm,
     pub mlp: CLIPMLP,
     pub layer_norm2: LayerNorm,
+    /// The config's `layer_norm_eps` (burn's `LayerNorm` keeps its own private).
+    pub layer_norm_eps: f64,
 }
 
 impl CLIPEncoderLayer {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
-        x.clone() + self.mlp.forward(self.layer_norm2.forward(x))
+        let eps = self.layer_norm_eps;
+        let x = x.clone()
+            + self
+                .self_attn
+                .forward(layer_norm(&self.layer_norm1, x, eps));
+        x.clone() + self.mlp.forward(layer_norm(&self.layer_norm2, x, eps))
     }
 }
 
@@ -83,6 +92,7 @@ pub struct CLIPTextTransformer {
     pub embeddings: CLIPTextEmbeddings,
     pub encoder: CLIPEncoder,
     pub final_layer_norm: LayerNorm,
+    pub layer_norm_eps: f64,
 }
 
 /// The text encoder. Field paths equal transformers' keys (`text_model.encoder.layers.0...`).
@@ -116,6 +126,7 @@ impl CLIPTextConfig {
                     quick_gelu: self.hidden_act == "quick_gelu",
                 },
                 layer_norm2: ln(),
+                layer_norm_eps: self.layer_norm_eps,
             })
             .collect();
         CLIPTextModel {
@@ -127,6 +138,7 @@ impl CLIPTextConfig {
                 },
                 encoder: CLIPEncoder { layers },
                 final_layer_norm: ln(),
+                layer_norm_eps: self.layer_norm_eps,
             },
         }
     }
@@ -189,7 +201,8 @@ impl CLIPTextModel {
         for layer in &self.text_model.encoder.layers[..used] {
             h = layer.forward(h);
         }
-        self.text_model.final_layer_norm.forward(h)
+        let tm = &self.text_model;
+        layer_norm(&tm.final_layer_norm, h, tm.layer_norm_eps)
     }
 }
 
@@ -262,7 +275,8 @@ mod tests {
         for layer in &model.text_model.encoder.layers[..2] {
             h = layer.forward(h);
         }
-        let want = model.text_model.final_layer_norm.forward(h);
+        let tm = &model.text_model;
+        let want = layer_norm(&tm.final_layer_norm, h, tm.layer_norm_eps);
         let got = model.forward(ids, None, 2);
         assert_eq!((got - want).abs().max().into_scalar::<f32>(), 0.0);
     }

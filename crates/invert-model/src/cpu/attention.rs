@@ -7,219 +7,305 @@ use super::simd::x86::{Avx2, Avx512};
 use super::simd::{Portable, Simd};
 use super::{Isa, SendPtr, isa, parallel_for, threads_for};
 
-/// Query rows processed together (they share every key/value load).
+/// Query rows processed together (they share every key load; each product keeps
+/// `ROWS * NV` or `ROWS * DVN` accumulators in registers).
 const ROWS: usize = 4;
-/// Keys are padded to a multiple of this (two vectors of 16 lanes).
+/// Keys are padded to a multiple of this (a multiple of every chunk width).
 const KEY_PAD: usize = 32;
+/// The most keys in one block.
+const MAX_KEY_BLOCK: usize = 256;
 /// Query rows per parallel task.
-const TASK_ROWS: usize = 16;
+const QUERY_TILE: usize = 64;
 
-/// Shapes of one attention call; `q_stride`, `kv_stride` and `out_stride` are the token row
-/// widths (heads * head_dim for the usual layout).
-#[derive(Clone, Copy)]
-struct Shape {
-    batch: usize,
-    heads: usize,
-    lq: usize,
-    lk: usize,
-    d: usize,
-    q_stride: usize,
-    kv_stride: usize,
-    out_stride: usize,
-    scale: f32,
-    causal: bool,
-}
-
-/// Per-(batch, head) keys and values, transposed to `[d, lk_pad]` (values to `[d_pad, lk_pad]`)
-/// and zero-padded, so the score and value products run along the keys.
+/// Per-(batch, head) keys transposed to `[d, ls]` (so scores run along the keys) and values by
+/// row `[lk_pad, d_pad]` (so the weighted sum runs along the head dimension), zero-padded.
 struct Packed {
     kt: Vec<f32>,
-    vt: Vec<f32>,
+    vr: Vec<f32>,
     lk_pad: usize,
-    /// Row stride: `lk_pad` plus one cache line, so rows a power of two apart do not all land
-    /// in the same L1 set.
+    /// Row stride of `kt`: `lk_pad` plus one cache line, so rows a power of two apart do not
+    /// all land in the same L1 set.
     ls: usize,
     d_pad: usize,
 }
 
-fn pack(k: &[f32], v: &[f32], s: &Shape, db: usize) -> Packed {
-    let lk_pad = s.lk.div_ceil(KEY_PAD) * KEY_PAD;
+fn pack(k: &[f32], v: &[f32], dims: &Dims, lanes: usize) -> Packed {
+    let Dims {
+        batch,
+        lk,
+        heads,
+        d,
+        ..
+    } = *dims;
+    let lk_pad = lk.div_ceil(KEY_PAD) * KEY_PAD;
     let ls = lk_pad + 16;
-    let d_pad = s.d.div_ceil(db) * db;
-    let bh = s.batch * s.heads;
-    let mut kt = vec![0.0f32; bh * s.d * ls];
-    let mut vt = vec![0.0f32; bh * d_pad * ls];
-    let (kp, vp) = (SendPtr(kt.as_mut_ptr()), SendPtr(vt.as_mut_ptr()));
-    parallel_for(bh, threads_for(bh * s.lk * s.d * 8), |t| {
-        let (b, h) = (t / s.heads, t % s.heads);
-        // SAFETY: each (batch, head) task writes its own block of kt and vt.
-        let (kt, vt) = unsafe {
+    let d_pad = d.div_ceil(lanes) * lanes;
+    let bh = batch * heads;
+    let inner = heads * d;
+    let mut kt = vec![0.0f32; bh * d * ls];
+    let mut vr = vec![0.0f32; bh * lk_pad * d_pad];
+    let (kp, vp) = (SendPtr(kt.as_mut_ptr()), SendPtr(vr.as_mut_ptr()));
+    parallel_for(bh, threads_for(bh * lk * d * 8), |t| {
+        let (b, h) = (t / heads, t % heads);
+        // SAFETY: each (batch, head) task writes its own block of kt and vr.
+        let (kt, vr) = unsafe {
             (
-                std::slice::from_raw_parts_mut(kp.get().add(t * s.d * ls), s.d * ls),
-                std::slice::from_raw_parts_mut(vp.get().add(t * d_pad * ls), d_pad * ls),
+                std::slice::from_raw_parts_mut(kp.get().add(t * d * ls), d * ls),
+                std::slice::from_raw_parts_mut(vp.get().add(t * lk_pad * d_pad), lk_pad * d_pad),
             )
         };
-        for j in 0..s.lk {
-            let src = (b * s.lk + j) * s.kv_stride + h * s.d;
-            for dd in 0..s.d {
+        for j in 0..lk {
+            let src = (b * lk + j) * inner + h * d;
+            vr[j * d_pad..j * d_pad + d].copy_from_slice(&v[src..src + d]);
+            for dd in 0..d {
                 kt[dd * ls + j] = k[src + dd];
-                vt[dd * ls + j] = v[src + dd];
             }
         }
     });
     Packed {
         kt,
-        vt,
+        vr,
         lk_pad,
         ls,
         d_pad,
     }
 }
 
-/// Attention for token rows `first..first + out.len() / out_stride` (over the flattened
-/// `[batch, lq]` index), all heads. `DB` value columns are accumulated together.
+/// Keys per block: as many as keep the block's keys and values (`d + d_pad` floats per key)
+/// within 24 KiB of L1, a power-of-two multiple of the chunk width (the last block of a head may be shorter).
+fn key_block(d: usize, d_pad: usize, chunk: usize) -> usize {
+    let mut kb = chunk;
+    while kb * 2 <= MAX_KEY_BLOCK && kb * 2 * 4 * (d + d_pad) <= 24 << 10 {
+        kb *= 2;
+    }
+    kb
+}
+
+/// One task: query rows `rows` of image `b`, head `h`, over all keys in blocks, with the
+/// running (online) softmax of FlashAttention (Dao et al. 2022): per row the largest score so
+/// far `m`, the sum of `2^(s - m)` and the weighted sum of values, rescaled when `m` grows.
+/// Writes the output rows and, if asked, their base-2 log-sum-exp.
+// The register tiles are indexed arrays on purpose: they stay in registers.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn attend_rows<S: Simd, const DB: usize>(
+unsafe fn tile_task<S: Simd, const NV: usize, const DVN: usize>(
     q: &[f32],
     p: &Packed,
-    s: &Shape,
-    first: usize,
-    out: &mut [f32],
+    dims: &Dims,
+    (b, h, rows): (usize, usize, std::ops::Range<usize>),
+    out: SendPtr,
+    lse: Option<SendPtr>,
 ) {
     let l = S::L;
-    let (lk_pad, ls, d_pad, d) = (p.lk_pad, p.ls, p.d_pad, s.d);
-    debug_assert!(lk_pad % (2 * l) == 0 && d_pad % DB == 0);
-    let rows = out.len() / s.out_stride;
-    let scale2 = s.scale * std::f32::consts::LOG2_E;
-    let mut scores = vec![0.0f32; ROWS * ls];
-    let mut qs = vec![0.0f32; ROWS * d];
-    let mut row = 0;
-    while row < rows {
-        let token = first + row;
-        let (b, i) = (token / s.lq, token % s.lq);
-        // A block never crosses into the next batch entry.
-        let n = ROWS.min(rows - row).min(s.lq - i);
-        for h in 0..s.heads {
-            let bh = b * s.heads + h;
-            let kt = &p.kt[bh * d * ls..(bh + 1) * d * ls];
-            let vt = &p.vt[bh * d_pad * ls..(bh + 1) * d_pad * ls];
-            // Queries scaled by scale * log2(e), so the softmax runs in base 2; unused rows of a
-            // short block stay zero.
-            qs.fill(0.0);
-            for r in 0..n {
-                let src = (token + r) * s.q_stride + h * d;
+    let Dims {
+        lq,
+        lk,
+        heads,
+        d,
+        causal,
+        ..
+    } = *dims;
+    let (ls, d_pad) = (p.ls, p.d_pad);
+    let inner = heads * d;
+    let bh = b * heads + h;
+    let kt = &p.kt[bh * d * ls..(bh + 1) * d * ls];
+    let vr = &p.vr[bh * p.lk_pad * d_pad..(bh + 1) * p.lk_pad * d_pad];
+    let i0 = rows.start;
+    let n = rows.len();
+    let n_pad = n.div_ceil(ROWS) * ROWS;
+    let scale2 = dims.scale() * std::f32::consts::LOG2_E;
+    let mut qs2 = vec![0.0f32; n_pad * d];
+    for r in 0..n {
+        let src = (b * lq + i0 + r) * inner + h * d;
+        for dd in 0..d {
+            qs2[r * d + dd] = q[src + dd] * scale2;
+        }
+    }
+    let visible = |r: usize| {
+        if r >= n {
+            0
+        } else if causal {
+            (i0 + r + 1 + lk).saturating_sub(lq).min(lk)
+        } else {
+            lk
+        }
+    };
+    let mut m = vec![f32::NEG_INFINITY; n_pad];
+    let mut sum = vec![0.0f32; n_pad];
+    let mut acc = vec![0.0f32; n_pad * d_pad];
+    let cw = NV * l;
+    let kb_len = key_block(d, d_pad, cw);
+    let mut sbuf = vec![0.0f32; ROWS * kb_len];
+    let mut kb = 0;
+    while kb < lk {
+        let kb_end = (kb + kb_len).min(p.lk_pad);
+        let len = kb_end - kb;
+        for g in (0..n_pad).step_by(ROWS) {
+            let vis: [usize; ROWS] = std::array::from_fn(|r| visible(g + r));
+            if vis.iter().all(|&v| v <= kb) {
+                continue;
+            }
+            let qg = &qs2[g * d..(g + ROWS) * d];
+            // Scores (base 2) of the block, NV vectors of keys at a time.
+            let mut c = kb;
+            while c < kb_end {
+                let mut sa = [[unsafe { S::zero() }; NV]; ROWS];
                 for dd in 0..d {
-                    qs[r * d + dd] = q[src + dd] * scale2;
-                }
-            }
-            // scores[r, j] = sum_dd q[r, dd] kt[dd, j], two vectors of keys at a time.
-            let (ktp, sp) = (kt.as_ptr(), scores.as_mut_ptr());
-            let mut c = 0;
-            while c < lk_pad {
-                let mut acc = [[unsafe { S::zero() }; 2]; ROWS];
-                for dd in 0..d {
-                    // SAFETY: c + 2l <= lk_pad and dd < d, inside kt.
-                    let (k0, k1) = unsafe {
-                        (
-                            S::load(ktp.add(dd * ls + c)),
-                            S::load(ktp.add(dd * ls + c + l)),
-                        )
-                    };
-                    for (r, a) in acc.iter_mut().enumerate() {
-                        let qv = unsafe { S::splat(*qs.get_unchecked(r * d + dd)) };
-                        unsafe {
-                            a[0] = S::fma(qv, k0, a[0]);
-                            a[1] = S::fma(qv, k1, a[1]);
-                        }
-                    }
-                }
-                for (r, a) in acc.iter().enumerate() {
-                    // SAFETY: r < ROWS and c + 2l <= lk_pad, inside scores.
+                    // SAFETY: dd < d and c + cw <= lk_pad < ls: inside kt.
                     unsafe {
-                        S::store(sp.add(r * ls + c), a[0]);
-                        S::store(sp.add(r * ls + c + l), a[1]);
-                    }
-                }
-                c += 2 * l;
-            }
-            // Masks (padding keys; future keys when causal, aligned to the end as torch's
-            // `is_causal` does when lq != lk), then the softmax numerators in place.
-            let mut inv = [0.0f32; ROWS];
-            for (r, inv_r) in inv.iter_mut().enumerate() {
-                let srow = &mut scores[r * ls..r * ls + lk_pad];
-                let visible = if s.causal {
-                    (i + r + 1 + s.lk).saturating_sub(s.lq).min(s.lk)
-                } else {
-                    s.lk
-                };
-                srow[visible..].fill(f32::NEG_INFINITY);
-                let ptr = srow.as_mut_ptr();
-                // SAFETY: every access is below lk_pad, a multiple of l.
-                unsafe {
-                    let mut m = S::splat(f32::NEG_INFINITY);
-                    for c in (0..lk_pad).step_by(l) {
-                        m = S::max(m, S::load(ptr.add(c)));
-                    }
-                    let max = S::hmax(m);
-                    if max == f32::NEG_INFINITY {
-                        // Nothing visible: the row's output is zero (as burn's kernels do).
-                        srow.fill(0.0);
-                        continue;
-                    }
-                    let mv = S::splat(max);
-                    let mut sum = S::zero();
-                    for c in (0..lk_pad).step_by(l) {
-                        let e = S::exp2_neg(S::sub(S::load(ptr.add(c)), mv));
-                        S::store(ptr.add(c), e);
-                        sum = S::add(sum, e);
-                    }
-                    *inv_r = 1.0 / S::hsum(sum);
-                }
-            }
-            // out[r, dd] = sum_j p[r, j] vt[dd, j] / sum_r, DB value columns at a time.
-            let (vtp, sp) = (vt.as_ptr(), scores.as_ptr());
-            for d0 in (0..d_pad).step_by(DB) {
-                let mut acc = [[unsafe { S::zero() }; DB]; ROWS];
-                for c in (0..lk_pad).step_by(l) {
-                    // SAFETY: c < lk_pad, r < ROWS, d0 + e < d_pad: inside scores and vt.
-                    unsafe {
-                        let pr: [S::V; ROWS] = std::array::from_fn(|r| S::load(sp.add(r * ls + c)));
-                        let vv: [S::V; DB] =
-                            std::array::from_fn(|e| S::load(vtp.add((d0 + e) * ls + c)));
-                        for r in 0..ROWS {
-                            for e in 0..DB {
-                                acc[r][e] = S::fma(pr[r], vv[e], acc[r][e]);
+                        let tp = kt.as_ptr().add(dd * ls + c);
+                        let tv: [S::V; NV] = std::array::from_fn(|e| S::load(tp.add(e * l)));
+                        for (r, a) in sa.iter_mut().enumerate() {
+                            let w = S::splat(*qg.get_unchecked(r * d + dd));
+                            for e in 0..NV {
+                                a[e] = S::fma(w, tv[e], a[e]);
                             }
                         }
                     }
                 }
-                for r in 0..n {
-                    let dst = (row + r) * s.out_stride + h * d;
-                    for e in 0..DB.min(d.saturating_sub(d0)) {
-                        out[dst + d0 + e] = unsafe { S::hsum(acc[r][e]) } * inv[r];
+                for (r, a) in sa.iter().enumerate() {
+                    for (e, v) in a.iter().enumerate() {
+                        // SAFETY: r < ROWS and c - kb + e*l < kb_len.
+                        unsafe { S::store(sbuf.as_mut_ptr().add(r * kb_len + c - kb + e * l), *v) };
+                    }
+                }
+                c += cw;
+            }
+            // Masks, the running maximum and sum, and the probabilities in place.
+            for r in 0..ROWS {
+                let row = &mut sbuf[r * kb_len..r * kb_len + len];
+                let limit = vis[r].saturating_sub(kb).min(len);
+                row[limit..].fill(f32::NEG_INFINITY);
+                let ptr = row.as_mut_ptr();
+                // SAFETY: every access is below len, a multiple of l.
+                unsafe {
+                    let mut mv = S::splat(f32::NEG_INFINITY);
+                    for c in (0..len).step_by(l) {
+                        mv = S::max(mv, S::load(ptr.add(c)));
+                    }
+                    let m_new = S::hmax(mv).max(m[g + r]);
+                    if m_new == f32::NEG_INFINITY {
+                        row.fill(0.0);
+                        continue;
+                    }
+                    let alpha = (m[g + r] - m_new).exp2();
+                    let mn = S::splat(m_new);
+                    let mut sv = S::zero();
+                    for c in (0..len).step_by(l) {
+                        let e = S::exp2_neg(S::sub(S::load(ptr.add(c)), mn));
+                        S::store(ptr.add(c), e);
+                        sv = S::add(sv, e);
+                    }
+                    sum[g + r] = sum[g + r] * alpha + S::hsum(sv);
+                    m[g + r] = m_new;
+                    if alpha != 1.0 {
+                        for a in &mut acc[(g + r) * d_pad..(g + r + 1) * d_pad] {
+                            *a *= alpha;
+                        }
                     }
                 }
             }
+            // acc[r, :] += sum_j p[r, j] v[j, :], DVN vectors of the head dimension at a time.
+            let mut v0 = 0;
+            while v0 < d_pad {
+                let nv = DVN.min((d_pad - v0) / l);
+                // SAFETY: rows g..g + ROWS < n_pad and columns below d_pad: inside acc.
+                unsafe {
+                    let ap = acc.as_mut_ptr().add(g * d_pad + v0);
+                    let mut a: [[S::V; DVN]; ROWS] = std::array::from_fn(|r| {
+                        std::array::from_fn(|e| {
+                            if e < nv {
+                                S::load(ap.add(r * d_pad + e * l))
+                            } else {
+                                S::zero()
+                            }
+                        })
+                    });
+                    for j in 0..len {
+                        let vp = vr.as_ptr().add((kb + j) * d_pad + v0);
+                        let vv: [S::V; DVN] = std::array::from_fn(|e| {
+                            if e < nv {
+                                S::load(vp.add(e * l))
+                            } else {
+                                S::zero()
+                            }
+                        });
+                        for (r, ar) in a.iter_mut().enumerate() {
+                            let w = S::splat(*sbuf.get_unchecked(r * kb_len + j));
+                            for e in 0..DVN {
+                                ar[e] = S::fma(w, vv[e], ar[e]);
+                            }
+                        }
+                    }
+                    for (r, ar) in a.iter().enumerate() {
+                        for (e, v) in ar.iter().enumerate().take(nv) {
+                            S::store(ap.add(r * d_pad + e * l), *v);
+                        }
+                    }
+                }
+                v0 += nv * l;
+            }
         }
-        row += n;
+        kb = kb_end;
+    }
+    for r in 0..n {
+        let i = i0 + r;
+        // Rows with nothing visible stay zero, as burn's kernels give them.
+        let inv = if sum[r] > 0.0 { 1.0 / sum[r] } else { 0.0 };
+        // SAFETY: this task owns rows i0..i0 + n of head h (columns h*d..(h+1)*d), and their
+        // log-sum-exp entries.
+        unsafe {
+            let dst = out.get().add((b * lq + i) * inner + h * d);
+            for dd in 0..d {
+                *dst.add(dd) = acc[r * d_pad + dd] * inv;
+            }
+            if let Some(lse) = lse {
+                *lse.get().add(bh * lq + i) = if sum[r] > 0.0 {
+                    m[r] + sum[r].log2()
+                } else {
+                    f32::NEG_INFINITY
+                };
+            }
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn attend_rows_avx512(q: &[f32], p: &Packed, s: &Shape, first: usize, out: &mut [f32]) {
-    unsafe { attend_rows::<Avx512, 4>(q, p, s, first, out) }
+unsafe fn tile_avx512(
+    q: &[f32],
+    p: &Packed,
+    dims: &Dims,
+    t: (usize, usize, std::ops::Range<usize>),
+    out: SendPtr,
+    lse: Option<SendPtr>,
+) {
+    unsafe { tile_task::<Avx512, 2, 4>(q, p, dims, t, out, lse) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_rows_avx2(q: &[f32], p: &Packed, s: &Shape, first: usize, out: &mut [f32]) {
-    unsafe { attend_rows::<Avx2, 2>(q, p, s, first, out) }
+unsafe fn tile_avx2(
+    q: &[f32],
+    p: &Packed,
+    dims: &Dims,
+    t: (usize, usize, std::ops::Range<usize>),
+    out: SendPtr,
+    lse: Option<SendPtr>,
+) {
+    unsafe { tile_task::<Avx2, 2, 2>(q, p, dims, t, out, lse) }
 }
 
-fn attend_rows_portable(q: &[f32], p: &Packed, s: &Shape, first: usize, out: &mut [f32]) {
+fn tile_portable(
+    q: &[f32],
+    p: &Packed,
+    dims: &Dims,
+    t: (usize, usize, std::ops::Range<usize>),
+    out: SendPtr,
+    lse: Option<SendPtr>,
+) {
     // SAFETY: the portable "vectors" are plain arrays.
-    unsafe { attend_rows::<Portable, 2>(q, p, s, first, out) }
+    unsafe { tile_task::<Portable, 2, 2>(q, p, dims, t, out, lse) }
 }
 
 /// `softmax(q k^T * scale) v` per head on raw token-layout data: `q` is `[batch, lq, heads * d]`,
@@ -237,54 +323,92 @@ pub fn attention_tokens(
     d: usize,
     causal: bool,
 ) -> Vec<f32> {
+    let dims = Dims {
+        batch,
+        lq,
+        lk,
+        heads,
+        d,
+        causal,
+    };
+    run(q, k, v, &dims, false).0
+}
+
+/// The shape of one attention call on token-layout data (see [`attention_tokens`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dims {
+    pub batch: usize,
+    pub lq: usize,
+    pub lk: usize,
+    pub heads: usize,
+    pub d: usize,
+    pub causal: bool,
+}
+
+impl Dims {
+    /// `1 / sqrt(d)`, the scale of SDPA's scores.
+    pub fn scale(&self) -> f32 {
+        1.0 / (self.d as f32).sqrt()
+    }
+}
+
+/// [`attention_tokens`] that also returns, per `[batch, heads, lq]` row, the base-2 log-sum-exp
+/// of the row's scores times `scale * log2(e)`: `lse2 = log2(sum_j 2^(s_j))` with
+/// `s_j = q . k_j * scale * log2(e)` (`-inf` for a row with no visible key). The backward pass
+/// ([`super::attention_backward`]) recomputes the probabilities as `2^(s_j - lse2)` from it.
+pub fn attention_tokens_lse(q: &[f32], k: &[f32], v: &[f32], dims: &Dims) -> (Vec<f32>, Vec<f32>) {
+    run(q, k, v, dims, true)
+}
+
+fn run(q: &[f32], k: &[f32], v: &[f32], dims: &Dims, want_lse: bool) -> (Vec<f32>, Vec<f32>) {
+    let Dims {
+        batch,
+        lq,
+        lk,
+        heads,
+        d,
+        ..
+    } = *dims;
     let inner = heads * d;
     assert_eq!(q.len(), batch * lq * inner, "attention: query shape");
     assert_eq!(k.len(), batch * lk * inner, "attention: key shape");
     assert_eq!(v.len(), batch * lk * inner, "attention: value shape");
-    let s = Shape {
-        batch,
-        heads,
-        lq,
-        lk,
-        d,
-        q_stride: inner,
-        kv_stride: inner,
-        out_stride: inner,
-        scale: 1.0 / (d as f32).sqrt(),
-        causal,
-    };
     let mut out = vec![0.0f32; batch * lq * inner];
+    let mut lse = if want_lse {
+        vec![f32::NEG_INFINITY; batch * heads * lq]
+    } else {
+        Vec::new()
+    };
     if out.is_empty() || lk == 0 {
-        return out;
+        return (out, lse);
     }
     let isa = isa();
-    let db = match isa {
-        Isa::Avx512 => 4,
-        _ => 2,
+    let lanes = match isa {
+        Isa::Avx512 => 16,
+        _ => 8,
     };
-    let packed = pack(k, v, &s, db);
+    let packed = pack(k, v, dims, lanes);
     // Two products of lq * lk * d multiply-adds per head.
     let work = 2 * batch * heads * lq * packed.lk_pad * d;
-    let rows = batch * lq;
-    let tasks = rows.div_ceil(TASK_ROWS);
+    let tiles = lq.div_ceil(QUERY_TILE);
     let dst = SendPtr(out.as_mut_ptr());
-    parallel_for(tasks, threads_for(work), |t| {
-        let first = t * TASK_ROWS;
-        let n = TASK_ROWS.min(rows - first);
-        // SAFETY: tasks cover disjoint row ranges of `out`, which outlives `parallel_for`.
-        let chunk =
-            unsafe { std::slice::from_raw_parts_mut(dst.get().add(first * inner), n * inner) };
+    let lse_ptr = want_lse.then_some(SendPtr(lse.as_mut_ptr()));
+    parallel_for(batch * heads * tiles, threads_for(work), |t| {
+        let (bh, tile) = (t / tiles, t % tiles);
+        let rows = tile * QUERY_TILE..((tile + 1) * QUERY_TILE).min(lq);
+        let task = (bh / heads, bh % heads, rows);
         match isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `isa()` checked that the CPU has these features.
-            Isa::Avx512 => unsafe { attend_rows_avx512(q, &packed, &s, first, chunk) },
+            // SAFETY: `isa()` checked that the CPU has these features; tasks write disjoint
+            // rows and heads of `out` (and of `lse`), which outlive `parallel_for`.
+            Isa::Avx512 => unsafe { tile_avx512(q, &packed, dims, task, dst, lse_ptr) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            Isa::Avx2 => unsafe { attend_rows_avx2(q, &packed, &s, first, chunk) },
-            _ => attend_rows_portable(q, &packed, &s, first, chunk),
+            Isa::Avx2 => unsafe { tile_avx2(q, &packed, dims, task, dst, lse_ptr) },
+            _ => tile_portable(q, &packed, dims, task, dst, lse_ptr),
         }
     });
-    out
+    (out, lse)
 }
 
 #[cfg(test)]
@@ -336,14 +460,9 @@ mod tests {
     }
 
     fn data(n: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x as f32 / u32::MAX as f32) * 6.0 - 3.0
-            })
+        crate::cpu::test_values(n, seed)
+            .into_iter()
+            .map(|v| v * 3.0)
             .collect()
     }
 
@@ -373,21 +492,20 @@ mod tests {
                 "{batch}x{lq}x{lk}x{heads}x{d} causal {causal}: {err}"
             );
             // The portable path gives the same result.
-            let s = Shape {
+            let dims = Dims {
                 batch,
-                heads,
                 lq,
                 lk,
+                heads,
                 d,
-                q_stride: inner,
-                kv_stride: inner,
-                out_stride: inner,
-                scale: 1.0 / (d as f32).sqrt(),
                 causal,
             };
-            let packed = pack(&k, &v, &s, 2);
+            let packed = pack(&k, &v, &dims, 8);
             let mut out = vec![0.0f32; batch * lq * inner];
-            attend_rows_portable(&q, &packed, &s, 0, &mut out);
+            for bh in 0..batch * heads {
+                let task = (bh / heads, bh % heads, 0..lq);
+                tile_portable(&q, &packed, &dims, task, SendPtr(out.as_mut_ptr()), None);
+            }
             let err = out
                 .iter()
                 .zip(&want)

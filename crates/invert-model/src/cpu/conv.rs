@@ -45,24 +45,64 @@ pub struct Conv<'a> {
     /// `[batch, cout, H, W]`, added to the output.
     pub residual: Option<&'a [f32]>,
     pub input: Input<'a>,
+    /// How `weight` is laid out (see [`Weights`]).
+    pub weights: Weights,
+}
+
+/// The layout of [`Conv::weight`].
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Weights {
+    /// `[cout, cin, k, k]`, PyTorch's layout.
+    Forward,
+    /// The weight of the convolution this one is the input gradient of: `[cin, cout, k, k]`,
+    /// read transposed and spatially flipped. For a stride-1 "same" convolution `y = w * x`,
+    /// `dx = flip(w)^T * dy` is again such a convolution.
+    Flipped,
 }
 
 /// Output-position tiles per parallel task.
 const CHUNK_TILES: usize = 8;
 
-struct Geometry {
+pub(super) struct Geometry {
     /// Output size.
-    oh: usize,
-    ow: usize,
+    pub oh: usize,
+    pub ow: usize,
     /// Padded row width and plane size of the padded input.
-    wp: usize,
-    plane: usize,
+    pub wp: usize,
+    pub plane: usize,
     /// Output positions along padded rows.
-    n: usize,
+    pub n: usize,
+    /// Input channels a task's tiles go through before the next block (see [`Geometry::of`]).
+    pub channel_block: usize,
+}
+
+/// Bytes of one input-channel block's slice of a chunk (the rows a chunk's taps read).
+const CHANNEL_BLOCK_BYTES: usize = 96 << 10;
+
+impl Geometry {
+    pub fn of(c: &Conv) -> Self {
+        let (oh, ow) = match c.input {
+            Input::Upsample2x => (2 * c.h, 2 * c.w),
+            _ => (c.h, c.w),
+        };
+        let wp = ow + c.k - 1;
+        // A chunk of CHUNK_TILES tiles (at most 32 positions each) spans this many padded rows
+        // of every input plane, with the taps' halo.
+        let rows = (CHUNK_TILES * 32).div_ceil(wp) + c.k;
+        let per_channel = rows * wp * std::mem::size_of::<f32>();
+        Self {
+            oh,
+            ow,
+            wp,
+            plane: (oh + c.k - 1) * wp,
+            n: oh * wp,
+            channel_block: (CHANNEL_BLOCK_BYTES / per_channel).max(8),
+        }
+    }
 }
 
 /// The zero-padded, transformed input: `[batch, cin, plane]` plus slack for the last tile.
-fn padded_input(c: &Conv, g: &Geometry, tile: usize) -> Vec<f32> {
+pub(super) fn padded_input(c: &Conv, g: &Geometry, tile: usize) -> Vec<f32> {
     let p = (c.k - 1) / 2;
     let planes = c.batch * c.cin;
     let slack = tile * 2 + c.k * (g.wp + 1);
@@ -100,32 +140,39 @@ fn padded_input(c: &Conv, g: &Geometry, tile: usize) -> Vec<f32> {
     buf
 }
 
-/// One register tile: `MR` output channels x `2 * L` positions, over all input channels and
-/// taps. `inp` points at the image's first input plane, offset by the tile's first position.
+/// One register tile: `MR` output channels x `2 * L` positions, over the input channels
+/// `channels` and all taps. `inp` points at the image's first input plane, offset by the tile's
+/// first position. The sums start from `bias` on the first channel block, else from what `out`
+/// holds (the earlier blocks' partial sums).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<S: Simd, const MR: usize, const K: usize>(
     inp: *const f32,
-    plane: usize,
-    wp: usize,
-    cin: usize,
-    w: &[*const f32; MR],
+    (plane, wp, channels): (usize, usize, std::ops::Range<usize>),
+    (w, wcs, taps): (&[*const f32; MR], usize, &[usize; 9]),
     bias: &[f32; MR],
     out: *mut f32,
     out_stride: usize,
 ) {
     let l = S::L;
     unsafe {
-        let mut acc: [[S::V; 2]; MR] = std::array::from_fn(|m| [S::splat(bias[m]); 2]);
-        for ci in 0..cin {
+        let mut acc: [[S::V; 2]; MR] = if channels.start == 0 {
+            std::array::from_fn(|m| [S::splat(bias[m]); 2])
+        } else {
+            std::array::from_fn(|m| {
+                let o = out.add(m * out_stride);
+                [S::load(o), S::load(o.add(l))]
+            })
+        };
+        for ci in channels {
             let ip = inp.add(ci * plane);
-            let wo = ci * K * K;
+            let wo = ci * wcs;
             for ky in 0..K {
                 for kx in 0..K {
                     let src = ip.add(ky * wp + kx);
                     let x0 = S::load(src);
                     let x1 = S::load(src.add(l));
-                    let t = wo + ky * K + kx;
+                    let t = wo + taps[ky * K + kx];
                     for m in 0..MR {
                         let wv = S::splat(*w[m].add(t));
                         acc[m][0] = S::fma(wv, x0, acc[m][0]);
@@ -147,7 +194,6 @@ unsafe fn task<S: Simd, const MR: usize, const K: usize>(
     c: &Conv,
     g: &Geometry,
     inp: &[f32],
-    zeros: &[f32],
     out: SendPtr,
     (b, chunk, blocks): (usize, usize, std::ops::Range<usize>),
 ) {
@@ -157,17 +203,22 @@ unsafe fn task<S: Simd, const MR: usize, const K: usize>(
     let q1 = (q0 + cw).min(g.n);
     let tiles = (q1 - q0).div_ceil(tw);
     let mut tmp = vec![0.0f32; MR * cw];
-    let kk = c.cin * K * K;
+    // Where output channel `co`'s weights start, how far apart its input channels are, and the
+    // offset of each tap.
+    let (row, wcs, taps) = match c.weights {
+        Weights::Forward => (c.cin * K * K, K * K, std::array::from_fn(|t| t)),
+        Weights::Flipped => (
+            K * K,
+            c.cout * K * K,
+            std::array::from_fn(|t| (K * K - 1).saturating_sub(t)),
+        ),
+    };
     let out_plane = g.oh * g.ow;
     for blk in blocks {
         let co0 = blk * MR;
-        let w: [*const f32; MR] = std::array::from_fn(|m| {
-            if co0 + m < c.cout {
-                c.weight[(co0 + m) * kk..].as_ptr()
-            } else {
-                zeros.as_ptr()
-            }
-        });
+        // Rows past `cout` repeat the last channel; their results are dropped.
+        let w: [*const f32; MR] =
+            std::array::from_fn(|m| c.weight[(co0 + m).min(c.cout - 1) * row..].as_ptr());
         let bias: [f32; MR] = std::array::from_fn(|m| {
             let co = co0 + m;
             if co >= c.cout {
@@ -176,21 +227,25 @@ unsafe fn task<S: Simd, const MR: usize, const K: usize>(
             c.bias.map_or(0.0, |v| v[co]) + c.image_bias.map_or(0.0, |v| v[b * c.cout + co])
         });
         let base = inp[b * c.cin * g.plane + q0..].as_ptr();
-        for t in 0..tiles {
-            // SAFETY: the padded input has slack for a whole last tile; `tmp` holds
-            // `CHUNK_TILES` tiles per channel.
-            unsafe {
-                tile::<S, MR, K>(
-                    base.add(t * tw),
-                    g.plane,
-                    g.wp,
-                    c.cin,
-                    &w,
-                    &bias,
-                    tmp.as_mut_ptr().add(t * tw),
-                    cw,
-                );
+        // Input channels in blocks whose slice of this chunk stays in L2 across the tiles.
+        let mut ci0 = 0;
+        while ci0 < c.cin {
+            let ci1 = (ci0 + g.channel_block).min(c.cin);
+            for t in 0..tiles {
+                // SAFETY: the padded input has slack for a whole last tile; `tmp` holds
+                // `CHUNK_TILES` tiles per channel.
+                unsafe {
+                    tile::<S, MR, K>(
+                        base.add(t * tw),
+                        (g.plane, g.wp, ci0..ci1),
+                        (&w, wcs, &taps),
+                        &bias,
+                        tmp.as_mut_ptr().add(t * tw),
+                        cw,
+                    );
+                }
             }
+            ci0 = ci1;
         }
         // Keep the real columns of every row this chunk touches.
         for m in 0..MR.min(c.cout - co0) {
@@ -223,8 +278,7 @@ unsafe fn task<S: Simd, const MR: usize, const K: usize>(
     }
 }
 
-type TaskFn =
-    unsafe fn(&Conv, &Geometry, &[f32], &[f32], SendPtr, (usize, usize, std::ops::Range<usize>));
+type TaskFn = unsafe fn(&Conv, &Geometry, &[f32], SendPtr, (usize, usize, std::ops::Range<usize>));
 
 macro_rules! task_fn {
     ($name:ident, $s:ty, $mr:expr, $k:expr, $feat:literal) => {
@@ -234,11 +288,10 @@ macro_rules! task_fn {
             c: &Conv,
             g: &Geometry,
             inp: &[f32],
-            zeros: &[f32],
             out: SendPtr,
             t: (usize, usize, std::ops::Range<usize>),
         ) {
-            unsafe { task::<$s, $mr, $k>(c, g, inp, zeros, out, t) }
+            unsafe { task::<$s, $mr, $k>(c, g, inp, out, t) }
         }
     };
 }
@@ -258,22 +311,20 @@ unsafe fn task_portable_k3(
     c: &Conv,
     g: &Geometry,
     inp: &[f32],
-    zeros: &[f32],
     out: SendPtr,
     t: (usize, usize, std::ops::Range<usize>),
 ) {
-    unsafe { task::<Portable, 4, 3>(c, g, inp, zeros, out, t) }
+    unsafe { task::<Portable, 4, 3>(c, g, inp, out, t) }
 }
 
 unsafe fn task_portable_k1(
     c: &Conv,
     g: &Geometry,
     inp: &[f32],
-    zeros: &[f32],
     out: SendPtr,
     t: (usize, usize, std::ops::Range<usize>),
 ) {
-    unsafe { task::<Portable, 4, 1>(c, g, inp, zeros, out, t) }
+    unsafe { task::<Portable, 4, 1>(c, g, inp, out, t) }
 }
 
 /// Whether [`conv2d`] handles a kernel of size `k` with this stride, padding, dilation, groups.
@@ -302,35 +353,28 @@ pub fn conv2d(c: &Conv) -> Vec<f32> {
         c.cout * c.cin * c.k * c.k,
         "conv2d: weight size"
     );
-    let (oh, ow) = match c.input {
-        Input::Upsample2x => (2 * c.h, 2 * c.w),
-        _ => (c.h, c.w),
-    };
+    let g = Geometry::of(c);
+    let (oh, ow) = (g.oh, g.ow);
     if let Some(r) = c.residual {
         assert_eq!(r.len(), c.batch * c.cout * oh * ow, "conv2d: residual size");
     }
-    let wp = ow + c.k - 1;
-    let g = Geometry {
-        oh,
-        ow,
-        wp,
-        plane: (oh + c.k - 1) * wp,
-        n: oh * wp,
-    };
     let isa = isa();
-    // Output channels per register tile: the widest that wastes the fewest padded channels.
+    // Output channels per register tile: the widest (most multiply-adds per load) unless it
+    // pads more than an eighth of the channels; else the one that pads the fewest.
     let (lanes, choices): (usize, &[usize]) = match isa {
         Isa::Avx512 => (16, &[12, 8, 4]),
         Isa::Avx2 => (8, &[6, 4]),
         Isa::Portable => (8, &[4]),
     };
-    let mr = *choices
+    let waste = |m: usize| c.cout.div_ceil(m) * m - c.cout;
+    let mr = choices
         .iter()
-        .min_by_key(|&&m| c.cout.div_ceil(m) * m)
+        .copied()
+        .find(|&m| waste(m) * 8 <= c.cout)
+        .or_else(|| choices.iter().copied().min_by_key(|&m| waste(m)))
         .expect("a tile height");
     let tw = 2 * lanes;
     let inp = padded_input(c, &g, tw);
-    let zeros = vec![0.0f32; c.cin * c.k * c.k];
     let mut out = vec![0.0f32; c.batch * c.cout * oh * ow];
     let dst = SendPtr(out.as_mut_ptr());
 
@@ -375,7 +419,7 @@ pub fn conv2d(c: &Conv) -> Vec<f32> {
         let (chunk, grp) = (rest / groups, rest % groups);
         let range = grp * per_group..((grp + 1) * per_group).min(blocks);
         // SAFETY: `run` matches the CPU (checked by `isa()`); tasks write disjoint outputs.
-        unsafe { run(c, &g, &inp, &zeros, dst, (b, chunk, range)) };
+        unsafe { run(c, &g, &inp, dst, (b, chunk, range)) };
     });
     out
 }
@@ -384,17 +428,7 @@ pub fn conv2d(c: &Conv) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::cpu::test_values as data;
 
     /// Direct definition, in f64.
     fn reference(c: &Conv) -> Vec<f32> {
@@ -459,6 +493,8 @@ mod tests {
             (2, 7, 9, 5, 3, 1, 1),
             (1, 4, 3, 1, 1, 3, 0),
             (1, 4, 2, 2, 3, 1, 2),
+            // More input channels than one channel block (62 at this width).
+            (1, 70, 3, 64, 64, 3, 1),
         ] {
             let x = data(batch * cin * h * w, 1);
             let weight = data(cout * cin * k * k, 2);
@@ -490,6 +526,7 @@ mod tests {
                 image_bias: (mode == 1).then_some(&image_bias[..]),
                 residual: (mode != 2).then_some(&residual[..]),
                 input,
+                weights: Weights::Forward,
             };
             let want = reference(&c);
             let got = conv2d(&c);

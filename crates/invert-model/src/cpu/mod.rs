@@ -1,10 +1,11 @@
-//! Fused CPU kernels for inference on burn's `flex` backend.
+//! Fused CPU kernels on burn's `flex` backend: the forward and backward computations behind
+//! [`crate::fused`]'s operations.
 //!
 //! burn 0.22.1's flex backend computes `exp` one element at a time (libm `expf`), spends more
 //! time in the bookkeeping around its convolution GEMMs (NHWC copies, im2col, a strided
 //! write-back) than in the products themselves, and runs GroupNorm as seven separate passes.
 //! For Stable Diffusion's small head widths (8 to 160) attention was more than half of a
-//! denoising step. This module holds the kernels that replace those paths during inference:
+//! denoising step. This module holds the kernels that replace those paths:
 //!
 //! - [`attention`]: `softmax(q k^T / sqrt(d)) v` for all heads straight from the
 //!   `[b, l, heads * d]` token layout, with a vectorised `exp`;
@@ -13,17 +14,21 @@
 //!   (the time embedding) and a residual added while writing the output;
 //! - [`norm`]: GroupNorm statistics as a per-channel scale and shift.
 //!
-//! Only plain (non-autodiff) flex f32 tensors take these paths ([`fused_path`]); autodiff (for
-//! training), wgpu and half precision use burn's own operations. Set `INVERT_NO_FUSED=1` to
-//! turn them off (for comparisons), `INVERT_SIMD=avx2|portable` to narrow the instruction set,
+//! Flex f32 tensors, plain or autodiff, take these paths ([`fused_path`]) through
+//! [`crate::fused`], which adds the backward kernels; wgpu and half precision use burn's own
+//! operations. Set `INVERT_NO_FUSED=1` to turn them off (for comparisons), `INVERT_SIMD=avx2|portable` to narrow the instruction set,
 //! `INVERT_THREADS=n` to set the number of threads.
 
 pub mod act;
 pub mod allocator;
 pub mod attention;
+pub mod attention_backward;
 pub mod conv;
+pub mod conv_backward;
+pub mod gemm;
 pub mod linear;
 pub mod norm;
+pub mod norm_backward;
 pub mod simd;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -34,17 +39,16 @@ use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use burn::tensor::DType;
 
-/// True when tensors on `device` with `dtype` take the fused kernels: plain flex f32.
-///
-/// `Device::flex() == Device::flex().autodiff()` holds in burn 0.22, so the autodiff check is
-/// needed: the kernels have no backward pass, and training must keep burn's differentiable ops.
+/// True when tensors on `device` with `dtype` take the fused kernels: flex f32, plain or
+/// autodiff (`Device::flex() == Device::flex().autodiff()` in burn 0.22), unless
+/// `INVERT_NO_FUSED` is set.
 pub fn fused_path(device: &Device, dtype: DType) -> bool {
     static OFF: OnceLock<bool> = OnceLock::new();
     let off = *OFF.get_or_init(|| std::env::var_os("INVERT_NO_FUSED").is_some());
-    !off && dtype == DType::F32 && !device.is_autodiff() && *device == Device::flex()
+    !off && dtype == DType::F32 && *device == Device::flex()
 }
 
-/// A plain flex f32 tensor's values, borrowed without copying when contiguous.
+/// A flex f32 tensor's values, borrowed without copying when contiguous.
 pub struct Values {
     tensor: FlexTensor,
     start: usize,
@@ -57,8 +61,15 @@ impl Values {
         let tensor = t
             .try_into_primitive::<Flex>()
             .expect("fused kernels need a plain flex tensor");
+        Self::flex(&tensor)
+    }
+
+    /// The values of a flex primitive (a reference-counted view; copied only when the layout is
+    /// not contiguous).
+    pub fn flex(tensor: &FlexTensor) -> Self {
+        assert_eq!(tensor.dtype(), DType::F32, "fused kernels need f32 tensors");
         let tensor = if tensor.layout().is_contiguous() {
-            tensor
+            tensor.clone()
         } else {
             tensor.to_contiguous()
         };
@@ -81,6 +92,11 @@ impl Values {
 /// A tensor on `device` holding `values` (no copy).
 pub fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// A flex primitive holding `values` (no copy: the `Vec` becomes the tensor's storage).
+pub fn flex_tensor<S: Into<burn::tensor::Shape>>(values: Vec<f32>, shape: S) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -339,6 +355,20 @@ impl SendPtr {
     }
 }
 
+/// Deterministic values in `[-1, 1)` (xorshift32) for the kernels' unit tests.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u32) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,12 +385,15 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_flex_f32_takes_the_fused_path() {
+    fn only_flex_f32_takes_the_fused_path() {
         assert!(
             fused_path(&Device::flex(), DType::F32)
                 || std::env::var_os("INVERT_NO_FUSED").is_some()
         );
-        assert!(!fused_path(&Device::flex().autodiff(), DType::F32));
+        assert_eq!(
+            fused_path(&Device::flex().autodiff(), DType::F32),
+            fused_path(&Device::flex(), DType::F32)
+        );
         assert!(!fused_path(&Device::flex(), DType::F16));
     }
 

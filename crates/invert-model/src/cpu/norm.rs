@@ -81,6 +81,70 @@ fn group_moments(x: &[f32]) -> (f64, f64) {
     }
 }
 
+/// Per-(image, group) statistics of `GroupNorm(groups, eps)` over `x` `[batch, channels, n]`:
+/// `mean` and `rstd = 1 / sqrt(var + eps)`, each `[batch * groups]`.
+#[derive(Clone, Debug)]
+pub struct GroupStats {
+    pub mean: Vec<f32>,
+    pub rstd: Vec<f32>,
+    pub groups: usize,
+}
+
+/// The statistics of `x` `[batch, channels, n]` (see [`GroupStats`]).
+pub fn group_stats(
+    x: &[f32],
+    batch: usize,
+    channels: usize,
+    n: usize,
+    groups: usize,
+    eps: f64,
+) -> GroupStats {
+    assert_eq!(x.len(), batch * channels * n, "group norm: input size");
+    assert!(
+        groups > 0 && channels.is_multiple_of(groups),
+        "group norm: {channels} channels in {groups} groups"
+    );
+    let per = channels / groups;
+    let mut mean = vec![0.0f32; batch * groups];
+    let mut rstd = vec![0.0f32; batch * groups];
+    let (mp, rp) = (SendPtr(mean.as_mut_ptr()), SendPtr(rstd.as_mut_ptr()));
+    parallel_for(batch * groups, threads_for(x.len() * 2), |t| {
+        let (b, g) = (t / groups, t % groups);
+        let start = (b * channels + g * per) * n;
+        let (m, var) = group_moments(&x[start..start + per * n]);
+        // SAFETY: each task writes its own (image, group) entry.
+        unsafe {
+            *mp.get().add(t) = m as f32;
+            *rp.get().add(t) = (1.0 / (var + eps).sqrt()) as f32;
+        }
+    });
+    GroupStats { mean, rstd, groups }
+}
+
+impl GroupStats {
+    /// The normalisation and the per-channel `gamma`/`beta` as `y = x * scale + shift` per
+    /// (image, channel): `(scale, shift)`, each `[batch * channels]`.
+    pub fn affine(
+        &self,
+        channels: usize,
+        gamma: Option<&[f32]>,
+        beta: Option<&[f32]>,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let per = channels / self.groups;
+        let planes = self.mean.len() * per;
+        let mut scale = vec![0.0f32; planes];
+        let mut shift = vec![0.0f32; planes];
+        for (p, (a_out, s_out)) in scale.iter_mut().zip(shift.iter_mut()).enumerate() {
+            let c = p % channels;
+            let bg = p / per;
+            let a = gamma.map_or(1.0, |g| g[c] as f64) * self.rstd[bg] as f64;
+            *a_out = a as f32;
+            *s_out = (beta.map_or(0.0, |b| b[c] as f64) - self.mean[bg] as f64 * a) as f32;
+        }
+        (scale, shift)
+    }
+}
+
 /// `GroupNorm(groups, eps)` with per-channel `gamma`/`beta` of `x` `[batch, channels, n]`,
 /// expressed as `y = x * scale + shift` per (image, channel): returns `(scale, shift)`, each
 /// `[batch * channels]`.
@@ -95,31 +159,7 @@ pub fn group_norm_affine(
     gamma: Option<&[f32]>,
     beta: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
-    assert_eq!(x.len(), batch * channels * n, "group norm: input size");
-    assert!(
-        groups > 0 && channels.is_multiple_of(groups),
-        "group norm: groups"
-    );
-    let per = channels / groups;
-    let mut scale = vec![0.0f32; batch * channels];
-    let mut shift = vec![0.0f32; batch * channels];
-    let (sp, hp) = (SendPtr(scale.as_mut_ptr()), SendPtr(shift.as_mut_ptr()));
-    parallel_for(batch * groups, threads_for(x.len() * 2), |t| {
-        let (b, g) = (t / groups, t % groups);
-        let start = (b * channels + g * per) * n;
-        let (mean, var) = group_moments(&x[start..start + per * n]);
-        let rstd = 1.0 / (var + eps).sqrt();
-        for c in g * per..(g + 1) * per {
-            let a = gamma.map_or(1.0, |g| g[c] as f64) * rstd;
-            let s = beta.map_or(0.0, |b| b[c] as f64) - mean * a;
-            // SAFETY: each task writes its own group's channels.
-            unsafe {
-                *sp.get().add(b * channels + c) = a as f32;
-                *hp.get().add(b * channels + c) = s as f32;
-            }
-        }
-    });
-    (scale, shift)
+    group_stats(x, batch, channels, n, groups, eps).affine(channels, gamma, beta)
 }
 
 #[inline(always)]

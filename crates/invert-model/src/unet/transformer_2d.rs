@@ -4,14 +4,17 @@
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
 
 use crate::attention::{Attention, AttentionConfig};
-use crate::cpu::{self, Values};
+use crate::fused::geglu::geglu;
+use crate::fused::layer_norm::layer_norm;
 use crate::layers::{
     Pre, conv_fused, conv2d, group_norm, group_norm_act, image_to_tokens, linear_fused,
     tokens_to_image,
 };
+
+/// `BasicTransformerBlock`'s `norm_eps` (diffusers' default, which SD 1.x/2.x keep).
+const NORM_EPS: f64 = 1e-5;
 
 /// GEGLU: `proj` to twice the width, the second half gates the first through exact GELU.
 #[derive(Module, Debug)]
@@ -29,15 +32,8 @@ pub struct FeedForward {
 
 impl FeedForward {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let y = linear_fused(&self.geglu.proj, x);
-        let device = y.device();
-        if cpu::fused_path(&device, y.dtype()) {
-            let [b, l, two] = y.dims();
-            let gated = cpu::act::geglu(Values::of(y).as_slice(), b * l, two / 2);
-            return linear_fused(&self.proj_out, cpu::tensor(gated, [b, l, two / 2], &device));
-        }
-        let [h, gate] = y.chunk(2, 2).try_into().expect("two halves");
-        self.proj_out.forward(h * gelu(gate))
+        let y = geglu(linear_fused(&self.geglu.proj, x));
+        linear_fused(&self.proj_out, y)
     }
 }
 
@@ -53,12 +49,13 @@ pub struct BasicTransformerBlock {
 
 impl BasicTransformerBlock {
     fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attn1.forward(self.norm1.forward(x), None);
+        let norm = |ln: &LayerNorm, x: Tensor<3>| layer_norm(ln, x, NORM_EPS);
+        let x = x.clone() + self.attn1.forward(norm(&self.norm1, x), None);
         let x = x.clone()
             + self
                 .attn2
-                .forward(self.norm2.forward(x), Some(context.clone()));
-        x.clone() + self.ff.forward(self.norm3.forward(x))
+                .forward(norm(&self.norm2, x), Some(context.clone()));
+        x.clone() + self.ff.forward(norm(&self.norm3, x))
     }
 }
 
@@ -109,7 +106,7 @@ impl Transformer2DModelConfig {
             group_norm: None,
             residual_connection: false,
         };
-        let ln = || LayerNormConfig::new(c).with_epsilon(1e-5).init(device);
+        let ln = || LayerNormConfig::new(c).with_epsilon(NORM_EPS).init(device);
         let transformer_blocks = (0..self.num_layers)
             .map(|_| BasicTransformerBlock {
                 norm1: ln(),
@@ -148,7 +145,7 @@ impl Transformer2DModel {
                 None,
             )),
             Projection::Linear(lin) => {
-                lin.forward(image_to_tokens(group_norm_act(&self.norm, x, false)))
+                linear_fused(lin, image_to_tokens(group_norm_act(&self.norm, x, false)))
             }
         };
         for block in &self.transformer_blocks {
@@ -162,7 +159,7 @@ impl Transformer2DModel {
                 None,
                 Some(residual),
             ),
-            Projection::Linear(lin) => residual + tokens_to_image(lin.forward(tokens), h, w),
+            Projection::Linear(lin) => residual + tokens_to_image(linear_fused(lin, tokens), h, w),
         }
     }
 }

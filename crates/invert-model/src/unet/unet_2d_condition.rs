@@ -129,7 +129,7 @@ impl UNet2DConditionModel {
         let dtype = self.conv_in.weight.val().dtype();
         let (sample, context) = (sample.cast(dtype), context.cast(dtype));
         let temb = self.time_embed(timesteps);
-        let mut h = self.conv_in.forward(sample);
+        let mut h = conv_fused(&self.conv_in, sample, Pre::None, None, None);
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
             let (out, res) = block.forward(h, &temb, &context);

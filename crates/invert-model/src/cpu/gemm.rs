@@ -1,0 +1,139 @@
+//! Strided matrix products through the `gemm` crate (the one burn's flex backend uses), for the
+//! backward passes: any operand may be read transposed through its strides, so `dy w^T`,
+//! `x^T dy` and a convolution's weight gradient need no transposed copies.
+
+/// A read-only matrix view: element `(i, j)` is `data[offset + i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// A row-major `[rows, cols]` matrix.
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            offset: 0,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major `[rows, cols]` matrix, read as `[cols, rows]`.
+    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            offset: 0,
+            rs: 1,
+            cs: cols,
+        }
+    }
+
+    /// Panics unless every element of an `[m, n]` view lies inside `data`.
+    fn check(&self, m: usize, n: usize, what: &str) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        let last = self.offset + (m - 1) * self.rs + (n - 1) * self.cs;
+        assert!(last < self.data.len(), "gemm: {what} view out of bounds");
+    }
+}
+
+/// A mutable `[m, n]` destination: element `(i, j)` at `offset + i * rs + j * cs`.
+pub struct Dest<'a> {
+    pub data: &'a mut [f32],
+    pub offset: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// `dst = lhs [m, k] @ rhs [k, n]`, or `dst += ...` when `accumulate`.
+pub fn gemm(m: usize, n: usize, k: usize, dst: Dest, lhs: View, rhs: View, accumulate: bool) {
+    lhs.check(m, k, "left");
+    rhs.check(k, n, "right");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if m > 0 && n > 0 {
+        let last = dst.offset + (m - 1) * dst.rs + (n - 1) * dst.cs;
+        assert!(last < dst.data.len(), "gemm: destination out of bounds");
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    dst.data[dst.offset + i * dst.rs + j * dst.cs] = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    let threads = super::threads_for(m * n * k).min(super::threads());
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the three views were checked to lie inside their slices; `dst` is borrowed
+    // mutably, so it does not alias the inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.data.as_mut_ptr().add(dst.offset),
+            dst.cs as isize,
+            dst.rs as isize,
+            accumulate,
+            lhs.data.as_ptr().add(lhs.offset),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr().add(rhs.offset),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strided_products_match_the_definition() {
+        let (m, n, k) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| (i as f32).sin()).collect();
+        // a [m, k] @ (b [n, k])^T, accumulated onto ones.
+        let mut out = vec![1.0f32; m * n];
+        gemm(
+            m,
+            n,
+            k,
+            Dest {
+                data: &mut out,
+                offset: 0,
+                rs: n,
+                cs: 1,
+            },
+            View::rows(&a, k),
+            View::transposed(&b, k),
+            true,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = 1.0 + (0..k).map(|p| a[i * k + p] * b[j * k + p]).sum::<f32>();
+                assert!((out[i * n + j] - want).abs() < 1e-5);
+            }
+        }
+    }
+}
