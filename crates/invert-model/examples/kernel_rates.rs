@@ -12,6 +12,7 @@ use invert_model::cpu::attention::{Dims, attention_tokens_lse};
 use invert_model::cpu::attention_backward::attention_backward;
 use invert_model::cpu::conv::{Conv, Input, Weights, conv2d};
 use invert_model::cpu::conv_backward::input_gradient;
+use invert_model::cpu::conv_weight_gradient::weight_gradient;
 use invert_model::cpu::gemm::{Dest, View, gemm};
 use invert_model::cpu::linear::matmul;
 
@@ -50,6 +51,9 @@ fn report(what: &str, flops: f64, secs: f64) {
 
 fn main() {
     println!("| kernel | GFLOP | best time | GFLOP/s |\n|---|---:|---:|---:|");
+    if std::env::args().any(|a| a == "world") {
+        return world();
+    }
     let n = 2048;
     let (a, b) = (data(n * n, 1), data(n * n, 2));
     let mut c = vec![0.0f32; n * n];
@@ -149,6 +153,57 @@ fn main() {
                     &q, &k, &v, &out, &lse, &dout, &dims, [true; 3],
                 ))
             }),
+        );
+    }
+}
+
+/// The bundled model's U-Net convolutions (`configs/pretrain/world.toml`: batch 48, 16x16
+/// latents, 32 to 128 channels), where `invert pretrain` also computes weight gradients.
+fn world() {
+    for (cin, cout, side, k) in [
+        (32, 32, 16, 3),
+        (96, 32, 16, 3),
+        (64, 64, 8, 3),
+        (192, 64, 8, 3),
+        (128, 128, 4, 3),
+        (256, 128, 4, 3),
+        (128, 128, 2, 3),
+        (96, 32, 16, 1),
+    ] {
+        let batch = 48;
+        let x = data(batch * cin * side * side, 3);
+        let w = data(cout * cin * k * k, 4);
+        let dy = data(batch * cout * side * side, 5);
+        let conv = Conv {
+            x: &x,
+            batch,
+            cin,
+            h: side,
+            w: side,
+            weight: &w,
+            cout,
+            k,
+            bias: None,
+            image_bias: None,
+            residual: None,
+            input: Input::Plain,
+            weights: Weights::Forward,
+        };
+        let flops = 2.0 * (batch * cin * cout * k * k * side * side) as f64;
+        report(
+            &format!("b{batch} conv {k}x{k} {cin}->{cout} at {side}x{side}"),
+            flops,
+            best(5, || drop(conv2d(&conv))),
+        );
+        report(
+            "  input gradient",
+            flops,
+            best(5, || drop(input_gradient(&conv, &dy))),
+        );
+        report(
+            "  weight gradient",
+            flops,
+            best(5, || drop(weight_gradient(&conv, &dy))),
         );
     }
 }

@@ -495,6 +495,11 @@ mod tests {
             (1, 4, 2, 2, 3, 1, 2),
             // More input channels than one channel block (62 at this width).
             (1, 70, 3, 64, 64, 3, 1),
+            // Small planes (the bundled model's deepest blocks).
+            (3, 9, 14, 2, 2, 3, 1),
+            (2, 6, 5, 2, 2, 3, 2),
+            (4, 7, 9, 3, 3, 1, 0),
+            (2, 5, 6, 4, 4, 3, 0),
         ] {
             let x = data(batch * cin * h * w, 1);
             let weight = data(cout * cin * k * k, 2);

@@ -3,12 +3,10 @@
 //! - input: `dx = flip(w)^T * dy`, the forward kernel reading the weights transposed and
 //!   flipped ([`Weights::Flipped`]); then through the input transform (a nearest 2x upsample
 //!   sums each 2x2 block; a GroupNorm + SiLU goes to [`super::norm_backward`]);
-//! - weights: `dw[co, ci, tap] = sum over positions of dy[co] * input[ci] shifted by the tap`, one
-//!   strided matrix product per tap over the transformed, zero-padded input of the forward;
+//! - weights: in [`super::conv_weight_gradient`];
 //! - biases: sums of `dy` over positions (and images, for the per-channel bias).
 
-use super::conv::{Conv, Geometry, Input, Weights, conv2d, padded_input};
-use super::gemm::{Dest, View, gemm};
+use super::conv::{Conv, Geometry, Input, Weights, conv2d};
 use super::{SendPtr, parallel_for, threads_for};
 
 /// The gradient with respect to the (transformed) input of `c`, `[batch, cin, H, W]` at the
@@ -61,62 +59,10 @@ pub fn plane_sums(dy: &[f32], planes: usize, n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The gradient of `c`'s weight, `[cout, cin, k, k]`, given `dy` `[batch, cout, H, W]`.
-///
-/// One product per tap over the whole batch: the forward's padded input is laid out
-/// `[cin, batch, plane]` and `dy` `[cout, batch, plane]` along the padded rows (zero outside the
-/// image), so the batch and the positions form one summed dimension and a tap is a constant
-/// shift of it (shifts past an image's plane meet zeros of `dy`).
-pub fn weight_gradient(c: &Conv, dy: &[f32]) -> Vec<f32> {
-    let g = Geometry::of(c);
-    let (kk, hw) = (c.k * c.k, g.oh * g.ow);
-    assert_eq!(
-        dy.len(),
-        c.batch * c.cout * hw,
-        "conv weight gradient: dy size"
-    );
-    let inp = padded_input(c, &g, 32);
-    let bp = c.batch * g.plane;
-    let slack = c.k * (g.wp + 1);
-    let mut inp_t = vec![0.0f32; c.cin * bp + slack];
-    let mut dyq = vec![0.0f32; c.cout * bp];
-    for b in 0..c.batch {
-        for ci in 0..c.cin {
-            let src = &inp[(b * c.cin + ci) * g.plane..(b * c.cin + ci + 1) * g.plane];
-            inp_t[ci * bp + b * g.plane..ci * bp + (b + 1) * g.plane].copy_from_slice(src);
-        }
-        for co in 0..c.cout {
-            let src = &dy[(b * c.cout + co) * hw..(b * c.cout + co + 1) * hw];
-            for y in 0..g.oh {
-                let row = co * bp + b * g.plane + y * g.wp;
-                dyq[row..row + g.ow].copy_from_slice(&src[y * g.ow..(y + 1) * g.ow]);
-            }
-        }
-    }
-    let mut dw = vec![0.0f32; c.cout * c.cin * kk];
-    for ky in 0..c.k {
-        for kx in 0..c.k {
-            let rhs = View {
-                data: &inp_t,
-                offset: ky * g.wp + kx,
-                rs: 1,
-                cs: bp,
-            };
-            let dst = Dest {
-                data: &mut dw,
-                offset: ky * c.k + kx,
-                rs: c.cin * kk,
-                cs: kk,
-            };
-            gemm(c.cout, c.cin, bp, dst, View::rows(&dyq, bp), rhs, false);
-        }
-    }
-    dw
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::conv_weight_gradient::weight_gradient;
 
     use crate::cpu::test_values as data;
 
@@ -129,6 +75,8 @@ mod tests {
             (1, 3, 13, 4, 4, 3, true),
             (2, 7, 9, 5, 3, 1, false),
             (1, 16, 12, 9, 11, 3, false),
+            (3, 5, 6, 3, 3, 3, false),
+            (2, 4, 3, 2, 2, 3, true),
         ] {
             let x = data(batch * cin * h * w, 1);
             let weight = data(cout * cin * k * k, 2);

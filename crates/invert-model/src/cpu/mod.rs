@@ -25,6 +25,7 @@ pub mod attention;
 pub mod attention_backward;
 pub mod conv;
 pub mod conv_backward;
+pub mod conv_weight_gradient;
 pub mod gemm;
 pub mod linear;
 pub mod norm;
