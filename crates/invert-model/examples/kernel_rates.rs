@@ -4,7 +4,8 @@
 //! and the `gemm` crate on a 2048^3 product (the reference against torch's sgemm).
 //!
 //! `cargo run --release -p invert-model --example kernel_rates` (`scripts/bench_kernels.sh`
-//! also runs torch's sgemm beside it).
+//! also runs torch's sgemm beside it); with `-- world`, the bundled model's convolutions at
+//! `invert pretrain`'s batch instead, forward and both gradients.
 
 use std::time::Instant;
 
