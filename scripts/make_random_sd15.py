@@ -41,6 +41,12 @@ import torch
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "sd15"
 
+
+def configs_dir(path):
+    """Build from another architecture's configs (--configs)."""
+    global CONFIGS
+    CONFIGS = path.resolve()
+
 DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32"}
 DTYPE_SIZE = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4}
 
@@ -225,10 +231,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=pathlib.Path)
     ap.add_argument("--single-file", action="store_true", help="also write OUT/sd15.safetensors (LDM layout)")
+    ap.add_argument("--configs", type=pathlib.Path, default=CONFIGS,
+                    help="the architecture: a folder laid out like configs/sd15 (e.g. configs/test/tiny "
+                         "for a quick check of scripts/gpu_bench.sh)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads (default 2; the weights do not depend on it)")
     args = ap.parse_args()
+    configs_dir(args.configs)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
     t0 = time.time()
     done = all((out / c / f).is_file() for c, f in [("unet", "diffusion_pytorch_model.safetensors"),
                                                     ("vae", "diffusion_pytorch_model.safetensors"),

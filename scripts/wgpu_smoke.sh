@@ -4,7 +4,7 @@
 #
 # usage: scripts/wgpu_smoke.sh
 #
-# Builds `invert` with the `wgpu` feature (BUILD=0 skips it), then:
+# Builds `invert` (the default features include wgpu; BUILD=0 skips it), then:
 # 1. generates one 64x64 image with the same seed on cpu and on wgpu, in f32 and f16, and prints
 #    the largest and mean per-pixel difference to the cpu f32 image (invert's noise generator is
 #    backend-independent, so the images must agree up to arithmetic rounding);
@@ -28,7 +28,7 @@ BIN="${BIN:-$ROOT/target/release/invert}"
 PYTHON="${PYTHON:-python3}"
 
 if [[ "$BUILD" == 1 ]]; then
-    (cd "$ROOT" && cargo build --release -p invert-cli --features wgpu) >&2
+    (cd "$ROOT" && cargo build --release -p invert-cli) >&2
 fi
 rm -rf "$WORK"
 mkdir -p "$WORK"

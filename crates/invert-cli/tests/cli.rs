@@ -10,8 +10,10 @@ fn fixtures() -> PathBuf {
 }
 
 fn invert(args: &[&str]) -> Output {
+    // The CPU whatever GPU the machine has: the expected results are the CPU's.
     Command::new(env!("CARGO_BIN_EXE_invert"))
         .args(args)
+        .env("INVERT_DEVICE", "cpu")
         .output()
         .expect("run invert")
 }
@@ -59,6 +61,37 @@ fn model_info_loads_folders_and_single_files() {
     assert!(
         text(&out).contains("no such file or folder"),
         "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn model_info_says_which_device_and_lists_adapters() {
+    let model = fixtures().join("tiny-sd1");
+    let model = model.to_str().unwrap();
+    // `auto` (the default) is replaced by $INVERT_DEVICE=cpu here.
+    let out = invert(&["model", "info", "--model", model]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("device: cpu, precision f32 (auto)"), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("adapters:"),
+        "{}",
+        text(&out)
+    );
+    // A wrong device or precision is an error with advice, not a panic.
+    let out = invert(&["model", "info", "--model", model, "--device", "tpu"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("--device tpu: unknown device `tpu`; choose one of: auto, cpu"),
+        "{}",
+        text(&out)
+    );
+    let out = invert(&["model", "info", "--model", model, "--precision", "f8"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "clap refuses it: {}",
         text(&out)
     );
 }

@@ -65,8 +65,10 @@ pub struct TrainConfig {
     pub preview_prompts: Vec<String>,
     pub preview_steps: usize,
     pub clip_skip: usize,
+    /// auto (a GPU when one is present, else the CPU), cpu or wgpu.
     pub device: String,
-    /// Compute dtype of the frozen models: f32, f16 or bf16 (v* and the loss stay f32).
+    /// Compute dtype of the frozen models: auto (f16 on a GPU that computes in it, else f32),
+    /// f32, f16 or bf16 (v* and the loss stay f32).
     pub precision: String,
     /// Recompute memory-bound activations in the backward pass instead of keeping them
     /// (burn's balanced checkpointing): less memory, more time.
@@ -111,8 +113,8 @@ impl Default for TrainConfig {
             preview_prompts: Vec::new(),
             preview_steps: 25,
             clip_skip: 1,
-            device: "cpu".into(),
-            precision: "f32".into(),
+            device: "auto".into(),
+            precision: "auto".into(),
             gradient_checkpointing: false,
         }
     }

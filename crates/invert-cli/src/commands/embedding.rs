@@ -89,7 +89,9 @@ fn load_text_model(model: &Path, config: Option<PathBuf>) -> Result<TextModel> {
         device: "cpu".into(),
         precision: "f32".into(),
     };
-    let (device, mut options) = args.device_and_options()?;
+    // Nearest-word lookups are one small matrix product: the CPU, without a device line.
+    let device = burn::prelude::Device::flex();
+    let mut options = args.load_options(burn::tensor::DType::F32);
     options.parts = Parts::TEXT_ENCODER;
     let sd = load(model, &options, &device)
         .with_context(|| format!("could not load the model at {}", model.display()))?;

@@ -283,6 +283,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 }),
             };
             validate(&sd, &request, n)?;
+            let batch_start = Instant::now();
             let bar = ProgressBar::new(args.steps as u64).with_style(
                 ProgressStyle::with_template(
                     "{msg} [{bar:30}] {pos}/{len} steps {per_sec} eta {eta}",
@@ -305,7 +306,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             })?;
             total_steps += bar.length().unwrap_or(0) as usize;
             bar.finish_and_clear();
-            for image in decode(&sd, latents, request.seed) {
+            let images = decode(&sd, latents, request.seed);
+            // Per batch: the first pays for GPU shader compilation, the next ones show the
+            // steady speed (scripts/gpu_bench.sh reads this line).
+            eprintln!(
+                "batch of {n} image(s) in {:.2} s",
+                batch_start.elapsed().as_secs_f64()
+            );
+            for image in images {
                 let params = Parameters {
                     prompt: prompt.clone(),
                     negative: args.negative.clone(),

@@ -1,3 +1,4 @@
+pub mod device;
 pub mod embedding;
 pub mod eval;
 pub mod generate;

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use burn::prelude::Device;
+use burn::tensor::DType;
 use clap::{Args, Subcommand};
 use invert_model::inspect::parameter_count;
 use invert_model::loading::{LoadOptions, load};
@@ -32,11 +33,11 @@ pub struct ModelArgs {
     /// Use the U-Net's EMA weights when an original checkpoint has them.
     #[arg(long)]
     pub ema: bool,
-    /// Backend: cpu (always available) or wgpu (GPU builds).
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "auto", help = super::device::DEVICE_HELP)]
     pub device: String,
-    /// Compute precision of the frozen weights.
-    #[arg(long, default_value = "f32", value_parser = invert_model::device::PRECISIONS)]
+    /// Compute precision of the frozen weights (auto: f16 on a GPU that computes in it, else
+    /// f32).
+    #[arg(long, default_value = "auto", value_parser = invert_model::device::PRECISIONS)]
     pub precision: String,
 }
 
@@ -48,19 +49,22 @@ impl ModelArgs {
             .unwrap_or_else(invert_model::loading::default_model_dir)
     }
 
-    /// The `--device` and the load options (`--precision` checked against that device).
+    /// The `--device` (the choice printed) and the load options (`--precision` checked
+    /// against that device).
     pub fn device_and_options(&self) -> Result<(Device, LoadOptions)> {
-        let device = invert_model::device::by_name(&self.device).map_err(|e| anyhow!(e))?;
-        let dtype = invert_model::device::precision(&self.precision, &device)
-            .map_err(|e| anyhow!("--precision: {e}"))?;
-        let options = LoadOptions {
+        let (choice, dtype) = super::device::open_with_precision(&self.device, &self.precision)?;
+        Ok((choice.device, self.load_options(dtype)))
+    }
+
+    /// The load options for computing in `dtype`.
+    pub fn load_options(&self, dtype: DType) -> LoadOptions {
+        LoadOptions {
             dtype,
             variant: self.variant.clone(),
             config_dir: self.config.clone(),
             use_ema: self.ema,
             ..Default::default()
-        };
-        Ok((device, options))
+        }
     }
 }
 
@@ -77,6 +81,7 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
 }
 
 fn info(args: InfoArgs) -> Result<()> {
+    print_adapters();
     let (device, options) = args.model.device_and_options()?;
     let start = Instant::now();
     let path = args.model.path();
@@ -131,4 +136,25 @@ fn info(args: InfoArgs) -> Result<()> {
     }
     println!("loaded in {:.2} s", start.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// What wgpu sees, every graphics API asked: the list `--device auto` chooses from.
+fn print_adapters() {
+    if !cfg!(feature = "wgpu") {
+        println!("adapters:     none (built without GPU support: --no-default-features)");
+        return;
+    }
+    let adapters = invert_model::device::adapters();
+    if adapters.is_empty() {
+        println!("adapters:     none found by wgpu (no Vulkan/Metal/DX12/GL driver)");
+    }
+    for (i, a) in adapters.iter().enumerate() {
+        let label = if i == 0 { "adapters:" } else { "" };
+        let software = if a.is_software() {
+            " [software: only with --device wgpu]"
+        } else {
+            ""
+        };
+        println!("{label:<13} {a}{software}");
+    }
 }

@@ -32,8 +32,7 @@ pub struct PretrainArgs {
     /// trains); trains nothing.
     #[arg(long)]
     pub export_checkpoint: bool,
-    /// Backend: cpu (always available) or wgpu (GPU builds).
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "auto", help = super::device::DEVICE_HELP)]
     pub device: String,
 }
 
@@ -56,7 +55,7 @@ pub fn run(args: PretrainArgs) -> Result<()> {
     if let Some(v) = args.latent_pictures {
         config.latent_pictures = v;
     }
-    let device = invert_model::device::by_name(&args.device).map_err(|e| anyhow!(e))?;
+    let device = super::device::open(&args.device)?.device;
     if args.export_checkpoint {
         let step =
             pretrain::export_checkpoint(&config, &args.out, &device).map_err(|e| anyhow!(e))?;

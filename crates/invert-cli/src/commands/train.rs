@@ -130,10 +130,12 @@ pub struct TrainArgs {
     /// Start over in an --out folder that already holds a run.
     #[arg(long)]
     pub overwrite: bool,
-    /// Backend: cpu, or wgpu in GPU builds.
+    /// Backend (default auto): auto (a GPU through wgpu when one is present, else the CPU;
+    /// never a software adapter), cpu, or wgpu (any adapter wgpu finds, software ones too).
     #[arg(long)]
     pub device: Option<String>,
-    /// Compute precision of the frozen models (v* and the loss stay f32).
+    /// Compute precision of the frozen models (v* and the loss stay f32). Default auto: f16 on
+    /// a GPU that computes in it, else f32.
     #[arg(long, value_parser = invert_model::device::PRECISIONS)]
     pub precision: Option<String>,
     /// Recompute activations in the backward pass to save memory (slower).
@@ -377,16 +379,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     for w in &images.warnings {
         eprintln!("warning: {w}");
     }
-    let mut device = invert_model::device::by_name(&config.device)
-        .map_err(|e| anyhow!(e))?
-        .autodiff();
+    let (choice, dtype) = super::device::open_with_precision(&config.device, &config.precision)?;
+    let mut device = choice.device.autodiff();
     if config.gradient_checkpointing {
         device = device.gradient_checkpointing();
     }
     let options = LoadOptions {
         config_dir: config.model_config.clone(),
-        dtype: invert_model::device::precision(&config.precision, &device)
-            .map_err(|e| anyhow!("--precision: {e}"))?,
+        dtype,
         ..Default::default()
     };
     let sd = load(&config.model, &options, &device)
