@@ -1,4 +1,5 @@
-//! `CLIPTextConfig` as transformers writes it in `text_encoder/config.json`.
+//! `CLIPTextConfig` as transformers writes it in `text_encoder/config.json` (and SDXL's
+//! `text_encoder_2/config.json`).
 
 use burn::prelude::*;
 
@@ -21,4 +22,8 @@ pub struct CLIPTextConfig {
     pub hidden_act: String,
     #[config(default = 1e-5)]
     pub layer_norm_eps: f64,
+    /// Width of `text_projection`'s output (`CLIPTextModelWithProjection` only: 1280 for SDXL's
+    /// OpenCLIP ViT-bigG/14 text tower); transformers' default.
+    #[config(default = 512)]
+    pub projection_dim: usize,
 }

@@ -47,6 +47,15 @@ pub fn to_burn_path(key: &str) -> Option<String> {
     Some(key.to_string())
 }
 
+/// [`to_burn_path`] for `CLIPTextModelWithProjection` (SDXL's second text encoder), whose
+/// `text_projection.weight` is a parameter of the model (a bias-free `Linear`).
+pub fn to_burn_path_with_projection(key: &str) -> Option<String> {
+    if key == "text_projection.weight" {
+        return Some(key.to_string());
+    }
+    to_burn_path(key)
+}
+
 /// The text encoder layout of a single-file checkpoint, from its key names. When both prefixes
 /// occur, SD1's wins, as in diffusers' `create_diffusers_clip_model_from_ldm` (it tests
 /// `is_clip_model` first).
@@ -258,6 +267,23 @@ mod tests {
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn text_projection_is_a_parameter_only_of_the_model_with_projection() {
+        assert_eq!(to_burn_path("text_projection.weight"), None);
+        assert_eq!(
+            to_burn_path_with_projection("text_projection.weight").as_deref(),
+            Some("text_projection.weight")
+        );
+        assert_eq!(
+            to_burn_path_with_projection("text_model.final_layer_norm.bias").as_deref(),
+            Some("text_model.final_layer_norm.bias")
+        );
+        assert_eq!(
+            to_burn_path_with_projection("text_model.embeddings.position_ids"),
+            None
+        );
     }
 
     #[test]

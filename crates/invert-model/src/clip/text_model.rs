@@ -103,6 +103,13 @@ pub struct CLIPTextModel {
 
 impl CLIPTextConfig {
     pub fn init(&self, device: &Device) -> CLIPTextModel {
+        CLIPTextModel {
+            text_model: self.init_transformer(device),
+        }
+    }
+
+    /// The text tower both `CLIPTextModel` and `CLIPTextModelWithProjection` wrap.
+    pub fn init_transformer(&self, device: &Device) -> CLIPTextTransformer {
         let d = self.hidden_size;
         let ln = || {
             LayerNormConfig::new(d)
@@ -129,32 +136,26 @@ impl CLIPTextConfig {
                 layer_norm_eps: self.layer_norm_eps,
             })
             .collect();
-        CLIPTextModel {
-            text_model: CLIPTextTransformer {
-                embeddings: CLIPTextEmbeddings {
-                    token_embedding: EmbeddingConfig::new(self.vocab_size, d).init(device),
-                    position_embedding: EmbeddingConfig::new(self.max_position_embeddings, d)
-                        .init(device),
-                },
-                encoder: CLIPEncoder { layers },
-                final_layer_norm: ln(),
-                layer_norm_eps: self.layer_norm_eps,
+        CLIPTextTransformer {
+            embeddings: CLIPTextEmbeddings {
+                token_embedding: EmbeddingConfig::new(self.vocab_size, d).init(device),
+                position_embedding: EmbeddingConfig::new(self.max_position_embeddings, d)
+                    .init(device),
             },
+            encoder: CLIPEncoder { layers },
+            final_layer_norm: ln(),
+            layer_norm_eps: self.layer_norm_eps,
         }
     }
 }
 
-impl CLIPTextModel {
+impl CLIPTextTransformer {
     pub fn vocab_size(&self) -> usize {
-        self.text_model.embeddings.token_embedding.weight.shape()[0]
-    }
-
-    pub fn hidden_size(&self) -> usize {
-        self.text_model.embeddings.token_embedding.weight.shape()[1]
+        self.embeddings.token_embedding.weight.shape()[0]
     }
 
     pub fn num_layers(&self) -> usize {
-        self.text_model.encoder.layers.len()
+        self.encoder.layers.len()
     }
 
     /// Token + position embeddings of `ids` `[b, l]`. Ids `>= vocab_size` index the rows of
@@ -163,7 +164,7 @@ impl CLIPTextModel {
         let [b, l] = ids.dims();
         let device = ids.device();
         let vocab = self.vocab_size() as i64;
-        let table = self.text_model.embeddings.token_embedding.weight.val();
+        let table = self.embeddings.token_embedding.weight.val();
         let dtype = table.dtype();
         let tokens = match extra {
             None => embedding(table, ids),
@@ -179,12 +180,51 @@ impl CLIPTextModel {
             }
         };
         let positions = Tensor::<1, Int>::arange(0..l as i64, &device).unsqueeze_dim::<2>(0);
-        let pos = self
-            .text_model
-            .embeddings
-            .position_embedding
-            .forward(positions);
-        tokens + pos
+        tokens + self.embeddings.position_embedding.forward(positions)
+    }
+
+    /// The output of the first `layers` encoder layers, before the final LayerNorm
+    /// (transformers' `hidden_states[layers]`).
+    pub fn hidden_state(
+        &self,
+        ids: Tensor<2, Int>,
+        extra: Option<&Tensor<2>>,
+        layers: usize,
+    ) -> Tensor<3> {
+        let mut h = self.embed(ids, extra);
+        for layer in &self.encoder.layers[..layers.min(self.num_layers())] {
+            h = layer.forward(h);
+        }
+        h
+    }
+
+    /// The final LayerNorm.
+    pub fn final_norm(&self, h: Tensor<3>) -> Tensor<3> {
+        layer_norm(&self.final_layer_norm, h, self.layer_norm_eps)
+    }
+
+    /// One encoder layer (for callers that keep an intermediate state on the way).
+    pub fn layer(&self, i: usize, h: Tensor<3>) -> Tensor<3> {
+        self.encoder.layers[i].forward(h)
+    }
+}
+
+impl CLIPTextModel {
+    pub fn vocab_size(&self) -> usize {
+        self.text_model.vocab_size()
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.text_model.embeddings.token_embedding.weight.shape()[1]
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.text_model.num_layers()
+    }
+
+    /// Token + position embeddings (see [`CLIPTextTransformer::embed`]).
+    pub fn embed(&self, ids: Tensor<2, Int>, extra: Option<&Tensor<2>>) -> Tensor<3> {
+        self.text_model.embed(ids, extra)
     }
 
     /// The conditioning SD uses: the output of the encoder after `skip - 1` final layers are
@@ -197,12 +237,8 @@ impl CLIPTextModel {
         clip_skip: usize,
     ) -> Tensor<3> {
         let used = self.num_layers() + 1 - clip_skip.clamp(1, self.num_layers());
-        let mut h = self.embed(ids, extra);
-        for layer in &self.text_model.encoder.layers[..used] {
-            h = layer.forward(h);
-        }
         let tm = &self.text_model;
-        layer_norm(&tm.final_layer_norm, h, tm.layer_norm_eps)
+        tm.final_norm(tm.hidden_state(ids, extra, used))
     }
 }
 

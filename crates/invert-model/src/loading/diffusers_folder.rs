@@ -13,8 +13,10 @@ use burn::tensor::DType;
 
 use super::apply::{Assignment, LoadReport, apply};
 use super::{
-    Family, LoadError, LoadOptions, PipelineConfig, StableDiffusion, parse_configs, read_json,
+    Family, LoadError, LoadOptions, PipelineConfig, StableDiffusion, parse_config, parse_configs,
+    read_json,
 };
+use crate::clip::{CLIPTextConfig, CLIPTextModelWithProjection};
 use crate::keymap::KeySource;
 use crate::weights::TensorReader;
 use crate::weights::safetensors_file::{SafetensorsFile, TensorSet};
@@ -134,6 +136,35 @@ pub fn load_module<M: Module + ModuleSnapshot>(
 ) -> Result<(M, LoadReport), LoadError> {
     let report = apply(&mut module, reader, assignments, dtype, family)?;
     Ok((module, report))
+}
+
+/// A `CLIPTextModelWithProjection` component folder (SDXL's `text_encoder_2`: `config.json` and
+/// `model[.VARIANT].safetensors`), in `options.dtype`.
+pub fn load_text_encoder_with_projection(
+    dir: &Path,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<(CLIPTextModelWithProjection, CLIPTextConfig, LoadReport), LoadError> {
+    let config_path = dir.join("config.json");
+    let cfg: CLIPTextConfig = parse_config(
+        &config_path,
+        &read_json(&config_path)?,
+        CLIPTextConfig::new(),
+    )?;
+    let reader = open_component_weights(dir, "model", options.variant.as_deref())?;
+    let a = assignments(
+        reader.as_ref(),
+        crate::clip::keys::to_burn_path_with_projection,
+    );
+    let desc = format!("{} (CLIPTextModelWithProjection)", dir.display());
+    let (model, report) = load_module(
+        cfg.init_with_projection(device),
+        reader,
+        a,
+        options.dtype,
+        &desc,
+    )?;
+    Ok((model, cfg, report))
 }
 
 /// Loads a diffusers-layout component when a reader is given; else returns it unloaded.
