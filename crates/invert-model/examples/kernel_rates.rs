@@ -51,6 +51,8 @@ fn report(what: &str, flops: f64, secs: f64) {
 }
 
 fn main() {
+    // The allocator settings `invert` runs with (fresh mappings per buffer otherwise).
+    invert_model::cpu::allocator::tune_for_tensors();
     println!("| kernel | GFLOP | best time | GFLOP/s |\n|---|---:|---:|---:|");
     if std::env::args().any(|a| a == "world") {
         return world();

@@ -108,36 +108,41 @@ pub(super) fn padded_input(c: &Conv, g: &Geometry, tile: usize) -> Vec<f32> {
     let slack = tile * 2 + c.k * (g.wp + 1);
     let mut buf = vec![0.0f32; planes * g.plane + slack];
     let dst = SendPtr(buf.as_mut_ptr());
-    let (h, w) = (c.h, c.w);
     let per_task = (16_384 / g.plane.max(1)).max(1);
     parallel_for(
         planes.div_ceil(per_task),
         threads_for(planes * g.plane * 2),
         |t| {
             for pl in t * per_task..((t + 1) * per_task).min(planes) {
-                let src = &c.x[pl * h * w..(pl + 1) * h * w];
                 // SAFETY: each plane is written by one task, inside `buf`.
                 let out =
                     unsafe { std::slice::from_raw_parts_mut(dst.get().add(pl * g.plane), g.plane) };
                 for y in 0..g.oh {
-                    let row = &mut out[(y + p) * g.wp + p..(y + p) * g.wp + p + g.ow];
-                    match c.input {
-                        Input::Plain => row.copy_from_slice(&src[y * w..(y + 1) * w]),
-                        Input::Affine { scale, shift, silu } => {
-                            affine_plane(&src[y * w..(y + 1) * w], row, scale[pl], shift[pl], silu)
-                        }
-                        Input::Upsample2x => {
-                            let s = &src[(y / 2) * w..(y / 2 + 1) * w];
-                            for (x, v) in row.iter_mut().enumerate() {
-                                *v = s[x / 2];
-                            }
-                        }
-                    }
+                    input_row(c, pl, y, &mut out[(y + p) * g.wp + p..][..g.ow]);
                 }
             }
         },
     );
     buf
+}
+
+/// Row `y` (at the output size) of input plane `pl` (image * cin + channel) as the convolution
+/// reads it: transformed, or upsampled; `row` holds the output width.
+pub(super) fn input_row(c: &Conv, pl: usize, y: usize, row: &mut [f32]) {
+    let (h, w) = (c.h, c.w);
+    let src = &c.x[pl * h * w..(pl + 1) * h * w];
+    match c.input {
+        Input::Plain => row.copy_from_slice(&src[y * w..(y + 1) * w]),
+        Input::Affine { scale, shift, silu } => {
+            affine_plane(&src[y * w..(y + 1) * w], row, scale[pl], shift[pl], silu)
+        }
+        Input::Upsample2x => {
+            let s = &src[(y / 2) * w..(y / 2 + 1) * w];
+            for (x, v) in row.iter_mut().enumerate() {
+                *v = s[x / 2];
+            }
+        }
+    }
 }
 
 /// One register tile: `MR` output channels x `2 * L` positions, over the input channels
