@@ -343,6 +343,9 @@ def unet_ldm_map(unet):
         "conv_norm_out": ("out.0", None),
         "conv_out": ("out.2", None),
     }
+    if unet.config.get("addition_embed_type") == "text_time":  # SDXL (make_sdxl_unet_fixtures.py)
+        pre["add_embedding.linear_1"] = ("label_emb.0.0", None)
+        pre["add_embedding.linear_2"] = ("label_emb.0.2", None)
     for i, b in enumerate(unet.down_blocks):
         check(len(b.resnets) == lpb, "down block resnet count")
         for j in range(lpb):

@@ -111,3 +111,46 @@ fn sd15_architecture_matches_published_keys_and_counts() {
     assert_eq!(n_vae, 83_653_863);
     assert_eq!(n_unet + n_te + n_vae, 1_066_235_307);
 }
+
+/// A config of `configs/sdxl-base` (SDXL 1.0 base as published).
+fn sdxl_config<C: burn::config::Config>(component: &str, defaults: C) -> C {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs/sdxl-base")
+        .join(component)
+        .join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    parse_config(&path, &serde_json::from_str(&text).unwrap(), defaults).unwrap()
+}
+
+/// SDXL 1.0 base from `configs/sdxl-base`: the U-Net (`text_time` addition, 1/2/10 transformer
+/// layers) and the second text encoder have the published names, shapes and parameter counts
+/// (lists from `scripts/make_sdxl_key_lists.py`); the first text encoder and the VAE are SD
+/// 1.5's architecture (the script checks their keys against SD 1.5's lists).
+#[test]
+fn sdxl_architecture_matches_published_keys_and_counts() {
+    let device = Device::flex();
+    let unet = sdxl_config("unet", UNet2DConditionConfig::new(vec![], vec![], vec![]));
+    assert_eq!(unet.unsupported(), None);
+    assert_eq!(unet.pooled_text_dim(), Some(1280));
+    let te2 = sdxl_config("text_encoder_2", CLIPTextConfig::new());
+    assert_eq!(te2.projection_dim, unet.pooled_text_dim().unwrap());
+    let te1 = sdxl_config("text_encoder", CLIPTextConfig::new());
+    assert_eq!(te1.hidden_size + te2.hidden_size, unet.cross_attention_dim);
+    let vae = sdxl_config("vae", AutoencoderKLConfig::new(vec![]));
+
+    let (unet, te2) = (unet.init(&device), te2.init_with_projection(&device));
+    assert_eq!(parameter_count(&unet), 2_567_463_684);
+    assert_eq!(parameter_count(&te2), 694_659_840);
+    assert_eq!(parameter_count(&te1.init(&device)), 123_060_480);
+    assert_eq!(parameter_count(&vae.init(&device)), 83_653_863);
+    check(
+        parameters(&unet),
+        key_list("sdxl-keys.unet.txt"),
+        unet_keys::to_burn_path,
+    );
+    check(
+        parameters(&te2),
+        key_list("sdxl-keys.text_encoder_2.txt"),
+        clip_keys::to_burn_path_with_projection,
+    );
+}

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::clip::{CLIPTextConfig, CLIPTextModelWithProjection};
 use crate::keymap::KeySource;
+use crate::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::weights::TensorReader;
 use crate::weights::safetensors_file::{SafetensorsFile, TensorSet};
 use crate::weights::torch_zip::TorchFile;
@@ -164,6 +165,34 @@ pub fn load_text_encoder_with_projection(
         options.dtype,
         &desc,
     )?;
+    Ok((model, cfg, report))
+}
+
+/// A `UNet2DConditionModel` component folder (`config.json` and
+/// `diffusion_pytorch_model[.VARIANT].safetensors`), in `options.dtype`; errors on configs this
+/// implementation cannot build.
+pub fn load_unet(
+    dir: &Path,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<(UNet2DConditionModel, UNet2DConditionConfig, LoadReport), LoadError> {
+    let config_path = dir.join("config.json");
+    let cfg: UNet2DConditionConfig = parse_config(
+        &config_path,
+        &read_json(&config_path)?,
+        UNet2DConditionConfig::new(vec![], vec![], vec![]),
+    )?;
+    if let Some(reason) = cfg.unsupported() {
+        return Err(LoadError::Config {
+            path: config_path,
+            reason,
+        });
+    }
+    let reader =
+        open_component_weights(dir, "diffusion_pytorch_model", options.variant.as_deref())?;
+    let a = assignments(reader.as_ref(), crate::unet::keys::to_burn_path);
+    let desc = format!("{} (UNet2DConditionModel)", dir.display());
+    let (model, report) = load_module(cfg.init(device), reader, a, options.dtype, &desc)?;
     Ok((model, cfg, report))
 }
 

@@ -209,7 +209,8 @@ pub fn parse_config<C: burn::config::Config>(
         .as_object_mut()
         .expect("configs serialise to objects");
     for (k, v) in user {
-        if target.contains_key(k) {
+        // diffusers writes `null` for "the default" (e.g. SDXL's `upcast_attention`).
+        if target.contains_key(k) && !v.is_null() {
             target.insert(k.clone(), v.clone());
         }
     }

@@ -23,6 +23,10 @@ impl PerBlock {
     }
 }
 
+/// SDXL's micro-conditioning numbers: original height and width, crop top and left, target
+/// height and width (`_get_add_time_ids` in diffusers' `pipeline_stable_diffusion_xl.py`).
+pub const ADD_TIME_IDS: usize = 6;
+
 #[derive(Config, Debug, PartialEq)]
 pub struct UNet2DConditionConfig {
     #[config(default = 4)]
@@ -63,9 +67,18 @@ pub struct UNet2DConditionConfig {
     pub use_linear_projection: bool,
     #[config(default = false)]
     pub upcast_attention: bool,
-    /// Features of other model families; refused with a message when set.
+    /// `"text_time"` (SDXL): the pooled text embedding and the six micro-conditioning numbers
+    /// (`add_time_ids`) are embedded and added to the time embedding; other kinds are refused.
     #[config(default = "None")]
     pub addition_embed_type: Option<String>,
+    /// Width of each micro-conditioning number's sinusoidal projection (SDXL: 256).
+    #[config(default = "None")]
+    pub addition_time_embed_dim: Option<usize>,
+    /// Input width of `add_embedding`: the pooled text embedding plus six projected numbers
+    /// (SDXL base: 1280 + 6 x 256 = 2816).
+    #[config(default = "None")]
+    pub projection_class_embeddings_input_dim: Option<usize>,
+    /// Features of other model families; refused with a message when set.
     #[config(default = "None")]
     pub class_embed_type: Option<String>,
     #[config(default = "None")]
@@ -85,10 +98,23 @@ impl UNet2DConditionConfig {
                 self.up_block_types.len()
             ));
         }
-        if let Some(kind) = &self.addition_embed_type {
-            return Some(format!(
-                "addition_embed_type `{kind}` (SDXL-style models) is not supported"
-            ));
+        match (
+            self.addition_embed_type.as_deref(),
+            self.addition_time_embed_dim,
+            self.projection_class_embeddings_input_dim,
+        ) {
+            (None, ..) => {}
+            (Some("text_time"), Some(time), Some(input)) if time > 0 && input > 6 * time => {}
+            (Some("text_time"), ..) => {
+                return Some(
+                    "addition_embed_type `text_time` needs addition_time_embed_dim and a projection_class_embeddings_input_dim larger than 6 x addition_time_embed_dim".into(),
+                );
+            }
+            (Some(kind), ..) => {
+                return Some(format!(
+                    "addition_embed_type `{kind}` is not supported (only SDXL's `text_time`)"
+                ));
+            }
         }
         if let Some(kind) = &self.class_embed_type {
             return Some(format!("class_embed_type `{kind}` is not supported"));
@@ -136,6 +162,15 @@ impl UNet2DConditionConfig {
             }
         }
         None
+    }
+
+    /// Width of the pooled text embedding the `text_time` addition expects (SDXL: the second
+    /// text encoder's `projection_dim`), `None` without it.
+    pub fn pooled_text_dim(&self) -> Option<usize> {
+        let time = self.addition_time_embed_dim?;
+        let input = self.projection_class_embeddings_input_dim?;
+        (self.addition_embed_type.as_deref() == Some("text_time"))
+            .then(|| input - ADD_TIME_IDS * time)
     }
 
     /// Attention heads per down block (up blocks use the reversed list, the mid block the last).
@@ -191,7 +226,17 @@ mod tests {
         );
         assert!(cfg.unsupported().is_none());
         cfg.addition_embed_type = Some("text_time".into());
-        assert!(cfg.unsupported().unwrap().contains("SDXL"));
+        assert!(
+            cfg.unsupported()
+                .unwrap()
+                .contains("addition_time_embed_dim")
+        );
+        cfg.addition_time_embed_dim = Some(8);
+        cfg.projection_class_embeddings_input_dim = Some(6 * 8 + 32);
+        assert!(cfg.unsupported().is_none());
+        assert_eq!(cfg.pooled_text_dim(), Some(32));
+        cfg.addition_embed_type = Some("image".into());
+        assert!(cfg.unsupported().unwrap().contains("only SDXL"));
         cfg.addition_embed_type = None;
         cfg.norm_num_groups = 5;
         assert!(cfg.unsupported().unwrap().contains("GroupNorm"));

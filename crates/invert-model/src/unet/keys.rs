@@ -149,6 +149,9 @@ fn map_unet_key(rest: &str, lpb: usize) -> Result<Option<String>, String> {
     let top = match path {
         ["time_embed", "0"] => Some("time_embedding.linear_1"),
         ["time_embed", "2"] => Some("time_embedding.linear_2"),
+        // SDXL's `text_time` embedding (`convert_ldm_unet_checkpoint`, addition_embed_type).
+        ["label_emb", "0", "0"] => Some("add_embedding.linear_1"),
+        ["label_emb", "0", "2"] => Some("add_embedding.linear_2"),
         ["input_blocks", "0", "0"] => Some("conv_in"),
         ["out", "0"] => Some("conv_norm_out"),
         ["out", "2"] => Some("conv_out"),
@@ -384,7 +387,7 @@ mod tests {
     fn unknown_keys_under_the_prefix_are_reported() {
         let mut keys = ldm_keys("sd21");
         let odd = strings(&[
-            "model.diffusion_model.label_emb.0.0.weight",
+            "model.diffusion_model.label_emb.0.1.weight", // label_emb.0.1 is the SiLU
             "model.diffusion_model.input_blocks.1.0.in_layers.1.weight",
             "model.diffusion_model.input_blocks.1.2.weight",
             "model.diffusion_model.middle_block.3.in_layers.0.weight",

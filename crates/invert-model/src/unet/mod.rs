@@ -7,5 +7,5 @@ pub mod transformer_2d;
 pub mod unet_2d_condition;
 pub mod unet_blocks;
 
-pub use config::{PerBlock, UNet2DConditionConfig};
-pub use unet_2d_condition::UNet2DConditionModel;
+pub use config::{ADD_TIME_IDS, PerBlock, UNet2DConditionConfig};
+pub use unet_2d_condition::{AddedConditions, UNet2DConditionModel};

@@ -1,5 +1,6 @@
 //! diffusers `UNet2DConditionModel` (models/unets/unet_2d_condition.py), restricted to what
-//! SD 1.x/2.x use: positional time embedding, cross-attention down/mid/up blocks.
+//! SD 1.x/2.x and SDXL use: positional time embedding, cross-attention down/mid/up blocks, and
+//! SDXL's `text_time` additional embedding.
 
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
@@ -22,6 +23,11 @@ pub struct UNet2DConditionModel {
     pub up_blocks: Vec<UpBlock>,
     pub conv_norm_out: GroupNorm,
     pub conv_out: Conv2d,
+    /// SDXL's `add_embedding` (`TimestepEmbedding(projection_class_embeddings_input_dim,
+    /// time_embed_dim)`), with `addition_embed_type: "text_time"`.
+    pub add_embedding: Option<TimestepEmbedding>,
+    /// `add_time_proj = Timesteps(addition_time_embed_dim, flip_sin_to_cos, freq_shift)`.
+    pub add_time_proj_dim: usize,
     /// `Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)`.
     pub time_proj_dim: usize,
     pub flip_sin_to_cos: bool,
@@ -96,11 +102,28 @@ impl UNet2DConditionConfig {
             up_blocks,
             conv_norm_out: group_norm(self.norm_num_groups, ch[0], self.norm_eps, device),
             conv_out: conv2d(ch[0], self.out_channels, 3, 1, 1, device),
+            add_embedding: self
+                .projection_class_embeddings_input_dim
+                .and_then(|input| {
+                    self.addition_embed_type
+                        .is_some()
+                        .then(|| TimestepEmbeddingConfig::new(input, time_embed_dim).init(device))
+                }),
+            add_time_proj_dim: self.addition_time_embed_dim.unwrap_or(0),
             time_proj_dim: ch[0],
             flip_sin_to_cos: self.flip_sin_to_cos,
             freq_shift: self.freq_shift,
         }
     }
+}
+
+/// SDXL's added conditions (`added_cond_kwargs` in diffusers).
+#[derive(Clone, Debug)]
+pub struct AddedConditions {
+    /// The pooled, projected text embedding of the second text encoder, `[b, pooled dim]`.
+    pub text_embeds: Tensor<2>,
+    /// `(original h, w, crop top, left, target h, w)` per image, `[b, 6]`.
+    pub time_ids: Tensor<2>,
 }
 
 impl UNet2DConditionModel {
@@ -116,19 +139,60 @@ impl UNet2DConditionModel {
         self.time_embedding.forward(t.cast(dtype))
     }
 
+    /// Whether the model needs [`AddedConditions`] (SDXL).
+    pub fn needs_added_conditions(&self) -> bool {
+        self.add_embedding.is_some()
+    }
+
+    /// `get_aug_embed` for `text_time`: each of the six numbers projected like a timestep,
+    /// concatenated after the pooled text embedding, through `add_embedding`.
+    fn added_embed(&self, add: &TimestepEmbedding, added: &AddedConditions) -> Tensor<2> {
+        let dtype = self.conv_in.weight.val().dtype();
+        let [b, n] = added.time_ids.dims();
+        let times = timestep_projection(
+            added.time_ids.clone().reshape([b * n]),
+            self.add_time_proj_dim,
+            self.flip_sin_to_cos,
+            self.freq_shift,
+        )
+        .reshape([b, n * self.add_time_proj_dim]);
+        let text = added.text_embeds.clone().cast(burn::tensor::DType::F32);
+        let input: Tensor<2> = Tensor::cat(vec![text, times], 1);
+        add.forward(input.cast(dtype))
+    }
+
     /// Predicts noise (or v) for `sample` `[b, c, h, w]` at `timesteps` `[b]` given the text
-    /// conditioning `context` `[b, 77, cross_attention_dim]`.
+    /// conditioning `context` `[b, 77, cross_attention_dim]` (SD 1.x/2.x).
     pub fn forward(
         &self,
         sample: Tensor<4>,
         timesteps: Tensor<1>,
         context: Tensor<3>,
     ) -> Tensor<4> {
+        self.forward_with(sample, timesteps, context, None)
+    }
+
+    /// [`Self::forward`] with SDXL's added conditions, which a model with `add_embedding`
+    /// requires (as diffusers' `get_aug_embed` does).
+    pub fn forward_with(
+        &self,
+        sample: Tensor<4>,
+        timesteps: Tensor<1>,
+        context: Tensor<3>,
+        added: Option<&AddedConditions>,
+    ) -> Tensor<4> {
         // Callers keep latents and conditioning in f32; the network computes in its weights'
         // dtype (f16/bf16 with `--precision`), and the prediction is returned in that dtype.
         let dtype = self.conv_in.weight.val().dtype();
         let (sample, context) = (sample.cast(dtype), context.cast(dtype));
-        let temb = self.time_embed(timesteps);
+        let mut temb = self.time_embed(timesteps);
+        match (&self.add_embedding, added) {
+            (Some(add), Some(added)) => temb = temb + self.added_embed(add, added),
+            (Some(_), None) => panic!(
+                "this U-Net (addition_embed_type text_time, SDXL) needs text_embeds and time_ids"
+            ),
+            (None, _) => {}
+        }
         let mut h = conv_fused(&self.conv_in, sample, Pre::None, None, None);
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
