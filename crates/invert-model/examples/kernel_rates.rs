@@ -77,6 +77,10 @@ fn main() {
         (1280, 16, 3),
         (320, 64, 1),
         (1280, 16, 1),
+        // The VAE encoder's (which `invert train` runs once per image and flip) at 256 px.
+        (128, 256, 3),
+        (256, 128, 3),
+        (512, 64, 3),
     ] {
         let x = data(ch * side * side, 3);
         let w = data(ch * ch * k * k, 4);

@@ -349,8 +349,14 @@ pub fn supported(
         && padding == [p; 4]
 }
 
-/// The convolution described by `c`; returns `[batch, cout, H, W]`.
+/// The convolution described by `c`; returns `[batch, cout, H, W]`. Wide 3x3 convolutions over
+/// many positions go through Winograd's F(2x2, 3x3) ([`super::conv_winograd`]).
 pub fn conv2d(c: &Conv) -> Vec<f32> {
+    super::conv_winograd::conv2d(c).unwrap_or_else(|| direct_conv2d(c))
+}
+
+/// [`conv2d`] by the direct register-tile kernels, whatever the shape.
+pub(super) fn direct_conv2d(c: &Conv) -> Vec<f32> {
     assert!(c.k == 1 || c.k == 3, "conv2d: kernel {}", c.k);
     assert_eq!(c.x.len(), c.batch * c.cin * c.h * c.w, "conv2d: input size");
     assert_eq!(

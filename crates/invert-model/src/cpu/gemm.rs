@@ -93,29 +93,100 @@ pub fn gemm(m: usize, n: usize, k: usize, dst: Dest, lhs: View, rhs: View, accum
         // disjoint rows (or columns) of `dst`, which is borrowed mutably and so does not
         // alias the inputs.
         unsafe {
-            gemm::gemm(
+            serial(
                 mm,
                 nn,
                 k,
                 base.get().add(dst.offset + dst_off),
-                dst.cs as isize,
-                dst.rs as isize,
-                accumulate,
+                (dst.rs, dst.cs),
                 lhs.data.as_ptr().add(lhs.offset + lhs_off),
-                lhs.cs as isize,
-                lhs.rs as isize,
+                (lhs.rs, lhs.cs),
                 rhs.data.as_ptr().add(rhs.offset + rhs_off),
-                rhs.cs as isize,
-                rhs.rs as isize,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+                (rhs.rs, rhs.cs),
+                accumulate,
             );
         }
     });
+}
+
+/// [`gemm`] on the calling thread only, for kernels that already run one task per thread.
+pub fn gemm_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: Dest,
+    lhs: View,
+    rhs: View,
+    accumulate: bool,
+) {
+    lhs.check(m, k, "left");
+    rhs.check(k, n, "right");
+    if m == 0 || n == 0 || k == 0 {
+        // The general path handles the degenerate shapes (a zero or kept destination).
+        return gemm(m, n, k, dst, lhs, rhs, accumulate);
+    }
+    let last = dst.offset + (m - 1) * dst.rs + (n - 1) * dst.cs;
+    assert!(last < dst.data.len(), "gemm: destination out of bounds");
+    // SAFETY: the three views were checked to lie inside their slices; `dst` is borrowed
+    // mutably and so does not alias the inputs.
+    unsafe {
+        serial(
+            m,
+            n,
+            k,
+            dst.data.as_mut_ptr().add(dst.offset),
+            (dst.rs, dst.cs),
+            lhs.data.as_ptr().add(lhs.offset),
+            (lhs.rs, lhs.cs),
+            rhs.data.as_ptr().add(rhs.offset),
+            (rhs.rs, rhs.cs),
+            accumulate,
+        );
+    }
+}
+
+/// One single-threaded call of the `gemm` crate; strides are (row, column).
+///
+/// # Safety
+/// Every element the shapes and strides reach must lie inside its buffer, and `dst` must not
+/// alias `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_strides: (usize, usize),
+    lhs: *const f32,
+    lhs_strides: (usize, usize),
+    rhs: *const f32,
+    rhs_strides: (usize, usize),
+    accumulate: bool,
+) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_strides.1 as isize,
+            dst_strides.0 as isize,
+            accumulate,
+            lhs,
+            lhs_strides.1 as isize,
+            lhs_strides.0 as isize,
+            rhs,
+            rhs_strides.1 as isize,
+            rhs_strides.0 as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ pub mod attention_backward;
 pub mod conv;
 pub mod conv_backward;
 pub mod conv_weight_gradient;
+pub mod conv_winograd;
 pub mod gemm;
 pub mod linear;
 pub mod norm;
