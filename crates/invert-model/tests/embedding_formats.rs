@@ -334,6 +334,7 @@ fn sample(token: &str, n: usize, width: usize) -> LearnedEmbedding {
         vectors,
         num_vectors: n,
         width,
+        second: None,
         meta,
     }
 }

@@ -94,6 +94,7 @@ fn embedding(token: &str, vectors: usize, width: usize, value: f32) -> LearnedEm
         vectors: vec![value; vectors * width],
         num_vectors: vectors,
         width,
+        second: None,
         meta: EmbeddingMeta::new(EmbeddingFormat::Diffusers),
     }
 }

@@ -55,6 +55,7 @@ fn main() {
             num_vectors: 1,
             width: vectors.len(),
             vectors,
+            second: None,
             meta: EmbeddingMeta::new(EmbeddingFormat::Diffusers),
         };
         let dir = std::path::Path::new(out).join(c.name);

@@ -36,6 +36,7 @@ pub fn embedding(trainer: &Trainer) -> LearnedEmbedding {
         vectors: trainer.params.clone(),
         num_vectors: trainer.config.vectors,
         width: trainer.vocab.width(),
+        second: None,
         meta,
     }
 }

@@ -109,16 +109,28 @@ impl EmbeddingMeta {
     }
 }
 
-/// One learned concept: `num_vectors` rows of `width` values.
+/// One learned concept: `num_vectors` rows of `width` values for the (first) text encoder, and
+/// for SDXL the same number of rows for its second one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LearnedEmbedding {
     /// The trigger text (diffusers expands a multi-vector token to `token token_1 ...`).
     pub token: String,
-    /// Row-major `[num_vectors, width]`.
+    /// Row-major `[num_vectors, width]`: the only text encoder of SD 1.x/2.x, SDXL's first one
+    /// (`clip_l`, CLIP ViT-L, 768 wide).
     pub vectors: Vec<f32>,
     pub num_vectors: usize,
     pub width: usize,
+    /// SDXL's second text encoder's rows (`clip_g`, OpenCLIP ViT-bigG, 1280 wide), when the
+    /// embedding has them.
+    pub second: Option<SecondVectors>,
     pub meta: EmbeddingMeta,
+}
+
+/// The rows of an SDXL embedding for the second text encoder: row-major `[num_vectors, width]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecondVectors {
+    pub vectors: Vec<f32>,
+    pub width: usize,
 }
 
 impl LearnedEmbedding {
@@ -283,6 +295,7 @@ pub(crate) fn build_embedding(
         vectors: values,
         num_vectors: n,
         width: d,
+        second: None,
         meta,
     };
     check_finite(path, &e)?;
