@@ -12,6 +12,9 @@ pub struct KeySource {
     /// Drop trailing 1-sized dims so a 1x1 conv weight `[o, i, 1, 1]` becomes a linear
     /// weight `[o, i]` (LDM VAE attention stores q/k/v/proj_out as 1x1 convs).
     pub squeeze_to_2d: bool,
+    /// Swap the two dims of a 2-D tensor: OpenCLIP's `text_projection` is a parameter used as
+    /// `x @ P` (`[width, projection]`), transformers' a `Linear` weight (`[projection, width]`).
+    pub transpose: bool,
 }
 
 impl KeySource {
@@ -21,6 +24,7 @@ impl KeySource {
             key: key.into(),
             chunk: None,
             squeeze_to_2d: false,
+            transpose: false,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use burn::prelude::*;
 use common::{Golden, assert_identical, fixture};
 use invert_model::loading::{LoadError, LoadOptions, StableDiffusion, load};
+use invert_model::vocabulary::Vocabulary;
 use invert_model::weights::TensorReader;
 use invert_model::weights::safetensors_file::SafetensorsFile;
 
@@ -332,4 +333,74 @@ fn old_vae_attention_key_names_load() {
         old.vae.decode(latent.clone()),
         new.vae.decode(latent),
     );
+}
+
+/// Writes the bundled CLIP tokenizer as a classic `vocab.json` + `merges.txt` folder (no
+/// tokenizer.json) that pads with `!`, as SD 2.x model folders have it.
+fn write_sd2_style_tokenizer(dir: &Path) {
+    let json: serde_json::Value =
+        serde_json::from_slice(invert_model::tokenizer::BUNDLED_TOKENIZER_JSON).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("vocab.json"),
+        serde_json::to_string(&json["model"]["vocab"]).unwrap(),
+    )
+    .unwrap();
+    let mut merges = String::from("#version: 0.2\n");
+    for pair in json["model"]["merges"].as_array().unwrap() {
+        let p = pair.as_array().unwrap();
+        merges += &format!("{} {}\n", p[0].as_str().unwrap(), p[1].as_str().unwrap());
+    }
+    std::fs::write(dir.join("merges.txt"), merges).unwrap();
+    std::fs::write(
+        dir.join("special_tokens_map.json"),
+        r#"{"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "!", "unk_token": "<|endoftext|>"}"#,
+    )
+    .unwrap();
+}
+
+/// Issue 20, item 7: a single file loaded with `--config DIR` uses DIR's tokenizer (here one
+/// padding with `!` and without tokenizer.json), so it conditions exactly as the folder does.
+#[test]
+fn single_file_with_config_folder_uses_its_tokenizer() {
+    let device = Device::flex();
+    let dir = tmp("config-tokenizer");
+    let model = dir.join("model");
+    copy_dir(&fixture("tiny-sd1"), &model);
+    write_sd2_style_tokenizer(&model.join("tokenizer"));
+    let folder_options = LoadOptions {
+        variant: Some("fp16".into()),
+        ..Default::default()
+    };
+    let folder = load(&model, &folder_options, &device).unwrap();
+    let file_options = LoadOptions {
+        config_dir: Some(model.clone()),
+        ..Default::default()
+    };
+    let file = load(&fixture("tiny-sd1.ckpt"), &file_options, &device).unwrap();
+    assert_eq!(file.config.tokenizer_dir, Some(model.join("tokenizer")));
+
+    let prompt = ["a photo of a cat".to_string()];
+    let mut contexts = Vec::new();
+    for sd in [&folder, &file] {
+        let vocab = Vocabulary::for_model(sd).unwrap();
+        let (ids, _) = vocab.encode(&prompt, &device).unwrap();
+        let ids = ids
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .unwrap();
+        assert_eq!(ids[7..], [0; 70], "padded with `!` (id 0)");
+        contexts.push(sd.text_encoder.forward(
+            Tensor::from_data(TensorData::new(ids, [1, 77]), &device),
+            None,
+            1,
+        ));
+    }
+    let diff = (contexts[0].clone() - contexts[1].clone())
+        .abs()
+        .max()
+        .into_scalar::<f32>();
+    assert_eq!(diff, 0.0, "same weights, same ids");
+    let _ = std::fs::remove_dir_all(&dir);
 }

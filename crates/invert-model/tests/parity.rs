@@ -112,26 +112,8 @@ fn sd1_fp16_folder_and_ckpt_match_diffusers() {
     let single_out = run(&single, &g, &device);
     check_identical(&out, &single_out);
 
-    // The checkpoint's EMA weights differ; with use_ema they give diffusers' EMA output.
-    let ema = load_with(
-        "tiny-sd1.ckpt",
-        LoadOptions {
-            use_ema: true,
-            ..options
-        },
-        &device,
-    );
-    let ema_out = ema.unet.forward(
-        g.f32("unet.sample", &device),
-        g.timesteps("unet.timesteps", &device),
-        g.f32("unet.context", &device),
-    );
-    assert_close(
-        "sd1 ckpt EMA unet",
-        ema_out,
-        g.f32("unet.out_ema", &device),
-        TOL,
-    );
+    // `use_ema` (the checkpoint's EMA U-Net) is checked on the SDXL single file
+    // (parity_sdxl_pipeline.rs), whose U-Net is small enough to carry an EMA copy.
 }
 
 #[test]

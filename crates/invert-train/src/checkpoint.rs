@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use invert_model::embedding::{
-    EmbeddingFormat, EmbeddingMeta, LearnedEmbedding, WriteFormat, write_embedding,
+    EmbeddingFormat, EmbeddingMeta, LearnedEmbedding, SecondVectors, WriteFormat, write_embedding,
 };
 use invert_model::weights::safetensors_file::SafetensorsFile;
 use invert_model::weights::safetensors_write::{write_atomic, write_safetensors};
@@ -31,12 +31,19 @@ pub fn embedding(trainer: &Trainer) -> LearnedEmbedding {
         .model
         .file_name()
         .map(|n| n.to_string_lossy().into_owned());
+    let first = trainer.params.len() - trainer.second_params().map_or(0, <[f32]>::len);
     LearnedEmbedding {
         token: trainer.config.token.clone(),
-        vectors: trainer.params.clone(),
+        vectors: trainer.params[..first].to_vec(),
         num_vectors: trainer.config.vectors,
         width: trainer.vocab.width(),
-        second: None,
+        second: trainer
+            .second_params()
+            .zip(trainer.vocab.second_width())
+            .map(|(rows, width)| SecondVectors {
+                vectors: rows.to_vec(),
+                width,
+            }),
         meta,
     }
 }

@@ -17,6 +17,9 @@ use rand_chacha::ChaCha8Rng;
 
 use invert_model::loading::StableDiffusion;
 use invert_model::pipeline::NoiseGenerator;
+use invert_model::pipeline::prompt_encoding::{
+    LearnedRows, encode_prompts, sdxl_time_ids, time_ids_tensor,
+};
 use invert_model::schedulers::{NoiseSchedule, NoiseScheduleConfig};
 use invert_model::vocabulary::{Init, Vocabulary};
 
@@ -48,6 +51,9 @@ struct CachedLatent {
     /// Alpha loss weight at latent resolution, normalised to mean 1.
     weight: Option<Vec<f32>>,
     image: usize,
+    /// SDXL's micro-conditioning for this crop: the image's original size, the crop's corner,
+    /// the training resolution.
+    time_ids: [f32; 6],
 }
 
 /// What a step reports.
@@ -68,15 +74,19 @@ pub struct Batch {
     pub timesteps: Vec<usize>,
     pub prompts: Vec<String>,
     pub weights: Option<Tensor<4>>,
+    /// SDXL's `time_ids` per sample (unused by one-encoder models).
+    pub time_ids: Vec<[f32; 6]>,
 }
 
 pub struct Trainer {
     pub config: TrainConfig,
     pub sd: StableDiffusion,
     pub vocab: Vocabulary,
-    /// The ids of the word's vectors (consecutive).
+    /// The ids of the word's vectors (consecutive) in the (first) tokenizer.
     pub ids: Vec<u32>,
-    /// v*, row-major `[vectors, width]`.
+    /// v*, row-major `[vectors, width]`, followed for SDXL by its rows for the second text
+    /// encoder, `[vectors, width_2]` (one flat vector for the optimiser, whose update is
+    /// elementwise, and for the checkpoint).
     pub params: Vec<f32>,
     pub optimizer: OptimizerState,
     /// Steps done.
@@ -91,6 +101,8 @@ pub struct Trainer {
     /// Indices into `cache` per (image, flip).
     variants: Vec<Vec<usize>>,
     vocab_median_norm: f32,
+    /// The same for SDXL's second token table.
+    second_median_norm: Option<f32>,
     /// The frozen models' compute dtype (`--precision`).
     model_dtype: DType,
 }
@@ -118,6 +130,7 @@ impl Trainer {
         let setup = |e: String| TrainError::Setup(e);
         let sd = StableDiffusion {
             text_encoder: sd.text_encoder.no_grad(),
+            text_encoder_2: sd.text_encoder_2.map(|te| te.no_grad()),
             unet: sd.unet.no_grad(),
             vae: sd.vae.no_grad(),
             ..sd
@@ -137,16 +150,43 @@ impl Trainer {
         } else {
             Init::Text(init_text.clone())
         };
-        let params = vocab
+        let mut params = vocab
             .init_vectors(&table, &init, config.vectors)
             .map_err(|e| setup(format!("--init {init_text:?}: {e}")))?;
+        // SDXL: the word gets rows in the second encoder's table too, initialised the same way
+        // from that table (diffusers' textual_inversion_sdxl.py, kohya's sdxl trainer).
+        let second = match (&sd.text_encoder_2, &vocab.second) {
+            (Some(te2), Some(table_2)) => {
+                let weights = te2
+                    .text_model
+                    .embeddings
+                    .token_embedding
+                    .weight
+                    .val()
+                    .cast(DType::F32);
+                let init = match &init {
+                    Init::Random(seed) => Init::Random(seed.wrapping_add(1)),
+                    other => other.clone(),
+                };
+                let rows = table_2
+                    .init_vectors(&weights, &init, config.vectors)
+                    .map_err(|e| setup(format!("--init {init_text:?}: {e}")))?;
+                Some((rows, median_norm(weights)))
+            }
+            _ => None,
+        };
         let ids = vocab
-            .add_word(&config.token, &params)
+            .add_word(
+                &config.token,
+                &params,
+                second.as_ref().map(|(rows, _)| rows.as_slice()),
+            )
             .map_err(|e| setup(format!("--token: {e}")))?;
-        let norms = crate::pretrain::picture_words::row_norms(table.clone());
-        let mut sorted = norms.clone();
-        sorted.sort_by(f32::total_cmp);
-        let vocab_median_norm = sorted[sorted.len() / 2];
+        let vocab_median_norm = median_norm(table);
+        let second_median_norm = second.as_ref().map(|(_, norm)| *norm);
+        if let Some((rows, _)) = second {
+            params.extend(rows);
+        }
 
         let templates = match &config.templates {
             Some(path) => Templates::from_file(path).map_err(|e| setup(e.to_string()))?,
@@ -212,6 +252,7 @@ impl Trainer {
             latent_shape,
             variants: Vec::new(),
             vocab_median_norm,
+            second_median_norm,
             model_dtype,
         };
         trainer.encode_images(images, resolution);
@@ -259,6 +300,11 @@ impl Trainer {
                         std: to_vec(posterior.std()),
                         weight,
                         image: index,
+                        time_ids: sdxl_time_ids(
+                            prepared.original_size,
+                            prepared.crop_top_left,
+                            [resolution, resolution],
+                        ),
                     });
                 }
                 self.variants.push(ids);
@@ -281,6 +327,7 @@ impl Trainer {
         let sf = self.sd.vae.scaling_factor as f32;
         let (mut latents, mut noise, mut timesteps, mut prompts, mut weights) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut time_ids = Vec::new();
         let any_weight = self.cache.iter().any(|e| e.weight.is_some());
         for _ in 0..n {
             let variant = &self.variants[rng.random_range(0..self.variants.len())];
@@ -292,6 +339,7 @@ impl Trainer {
                 noise.push(noise_rng.normal() as f32);
             }
             timesteps.push(rng.random_range(0..self.schedule.num_train_timesteps()));
+            time_ids.push(entry.time_ids);
             let template = rng.random_range(0..self.templates.len());
             prompts.push(self.templates.render(
                 template,
@@ -313,12 +361,14 @@ impl Trainer {
             timesteps,
             prompts,
             weights: any_weight.then(|| t4(weights)),
+            time_ids,
         }
     }
 
-    /// The loss of `batch` with learned vectors `v` (`[vectors, width]`, on the autodiff
-    /// device; require a gradient to train). Per-sample MSE, min-SNR and alpha weighted.
-    pub fn loss(&self, v: &Tensor<2>, batch: &Batch) -> Tensor<1> {
+    /// The loss of `batch` with learned vectors `v` (laid out as [`Trainer::params`], on the
+    /// autodiff device; require a gradient to train). Per-sample MSE, min-SNR and alpha
+    /// weighted.
+    pub fn loss(&self, v: &Tensor<1>, batch: &Batch) -> Tensor<1> {
         let n = batch.timesteps.len();
         let noisy =
             self.schedule
@@ -326,14 +376,20 @@ impl Trainer {
         let target =
             self.schedule
                 .target(batch.latents.clone(), batch.noise.clone(), &batch.timesteps);
-        let (ids, _) = self
-            .vocab
-            .encode(&batch.prompts, &self.device)
-            .expect("prompts were checked when the word was added");
-        let context = self
-            .sd
-            .text_encoder
-            .forward(ids, Some(v), self.config.clip_skip);
+        let (first, second) = self.split_params(v);
+        let text = encode_prompts(
+            &self.sd,
+            &self.vocab,
+            &batch.prompts,
+            LearnedRows {
+                first: Some(&first),
+                second: second.as_ref(),
+            },
+            self.config.clip_skip,
+            &self.device,
+        )
+        .expect("prompts were checked when the word was added");
+        let added = text.added(|| time_ids_tensor(&batch.time_ids, &self.device));
         let t = Tensor::<1>::from_data(
             TensorData::new(
                 batch
@@ -346,7 +402,11 @@ impl Trainer {
             &self.device,
         );
         // The loss is f32 whatever the model's precision (`--precision`).
-        let pred = self.sd.unet.forward(noisy, t, context).cast(DType::F32);
+        let pred = self
+            .sd
+            .unet
+            .forward_with(noisy, t, text.context, added.as_ref())
+            .cast(DType::F32);
         let mut err = (pred - target).powf_scalar(2.0);
         if let Some(w) = &batch.weights {
             err = err * w.clone();
@@ -364,13 +424,28 @@ impl Trainer {
         per_sample.mean()
     }
 
-    /// The learned vectors as a tensor on the training device.
-    pub fn params_tensor(&self) -> Tensor<2> {
-        let width = self.vocab.width();
+    /// The learned vectors (flat, as [`Trainer::params`]) on the training device.
+    pub fn params_tensor(&self) -> Tensor<1> {
         Tensor::from_data(
-            TensorData::new(self.params.clone(), [self.config.vectors, width]),
+            TensorData::new(self.params.clone(), [self.params.len()]),
             &self.device,
         )
+    }
+
+    /// How many of [`Trainer::params`] belong to the first text encoder.
+    fn first_len(&self) -> usize {
+        self.config.vectors * self.vocab.width()
+    }
+
+    /// `v` (flat) as the first encoder's `[vectors, width]` rows and SDXL's second ones.
+    fn split_params(&self, v: &Tensor<1>) -> (Tensor<2>, Option<Tensor<2>>) {
+        let (n, split) = (self.config.vectors, self.first_len());
+        let first = v.clone().slice(0..split).reshape([n, self.vocab.width()]);
+        let second = self
+            .vocab
+            .second_width()
+            .map(|w| v.clone().slice(split..split + n * w).reshape([n, w]));
+        (first, second)
     }
 
     /// Gradient of the loss of `batch` times `scale` with respect to v* at the current
@@ -438,18 +513,17 @@ impl Trainer {
             .step(&mut self.optimizer, &mut self.params, &grad, lr);
         let width = self.vocab.width();
         if let Some(factor) = self.config.norm_guard {
+            let split = self.first_len();
+            let (first, second) = self.params.split_at_mut(split);
             let limit = factor as f32 * self.vocab_median_norm;
-            for row in self.params.chunks_mut(width) {
-                let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-                if n > limit {
-                    row.iter_mut().for_each(|x| *x *= limit / n);
-                }
+            clip_row_norms(first, width, limit);
+            if let (Some(w2), Some(median)) = (self.vocab.second_width(), self.second_median_norm) {
+                clip_row_norms(second, w2, factor as f32 * median);
             }
         }
-        self.vocab.set_vectors(self.ids[0], &self.params);
+        self.sync_vocabulary();
         self.step += 1;
-        let norm = self
-            .params
+        let norm = self.params[..self.first_len()]
             .chunks(width)
             .map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt())
             .sum::<f32>()
@@ -473,8 +547,38 @@ impl Trainer {
         self.step = step;
         self.params = params;
         self.optimizer = optimizer;
-        self.vocab.set_vectors(self.ids[0], &self.params);
+        self.sync_vocabulary();
     }
+
+    /// Puts [`Trainer::params`] into the vocabulary (previews and saved files read it there).
+    fn sync_vocabulary(&mut self) {
+        let (first, second) = self.params.split_at(self.first_len());
+        let second = (!second.is_empty()).then_some(second);
+        self.vocab.set_vectors(self.ids[0], first, second);
+    }
+
+    /// The word's rows for SDXL's second text encoder.
+    pub fn second_params(&self) -> Option<&[f32]> {
+        let rest = &self.params[self.first_len()..];
+        (!rest.is_empty()).then_some(rest)
+    }
+}
+
+/// Scales down each `width`-long row of `rows` whose L2 norm exceeds `limit` to that norm.
+fn clip_row_norms(rows: &mut [f32], width: usize, limit: f32) {
+    for row in rows.chunks_mut(width) {
+        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if n > limit {
+            row.iter_mut().for_each(|x| *x *= limit / n);
+        }
+    }
+}
+
+/// The median L2 norm of a token table's rows.
+fn median_norm(table: Tensor<2>) -> f32 {
+    let mut norms = crate::pretrain::picture_words::row_norms(table);
+    norms.sort_by(f32::total_cmp);
+    norms[norms.len() / 2]
 }
 
 /// Downsamples a `[res, res]` alpha weight to the latent grid by averaging, normalised to mean

@@ -109,6 +109,7 @@ fn check_case_with(name: &str, run: Run) {
             .collect(),
         prompts,
         weights: None,
+        time_ids: vec![],
     };
     let (grad, loss) = trainer.gradient_of(&batch, 1.0);
     let want_loss = read("loss")[0];

@@ -44,7 +44,7 @@ fn only_the_new_vectors_move() {
         &images,
     );
     let init = t.params.clone();
-    let vocab_size = t.vocab.tokenizer.vocab_size();
+    let vocab_size = t.vocab.first.tokenizer.vocab_size();
     for _ in 0..3 {
         t.train_step().unwrap();
     }
@@ -71,7 +71,7 @@ fn only_the_new_vectors_move() {
         vec![49408, 32],
         "the first text-encoder tensor is the token table"
     );
-    assert_eq!(t.vocab.tokenizer.vocab_size(), vocab_size);
+    assert_eq!(t.vocab.first.tokenizer.vocab_size(), vocab_size);
     assert_eq!(t.vocab.len(), 2, "only the new word's two rows were added");
     assert_eq!(t.ids, vec![49408, 49409]);
     assert_eq!(bits(t.vocab.vectors(t.ids[0], 2)), bits(&t.params));

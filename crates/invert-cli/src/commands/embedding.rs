@@ -86,6 +86,7 @@ fn load_text_model(model: &Path, config: Option<PathBuf>) -> Result<TextModel> {
         config,
         variant: None,
         ema: false,
+        vae: None,
         device: "cpu".into(),
         precision: "f32".into(),
     };

@@ -120,9 +120,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
                         c.token
                     );
                 }
-                vocab
+                let added = vocab
                     .add_embedding(&e, &path)
                     .with_context(|| format!("adding {}", path.display()))?;
+                if let Some(note) = added.note {
+                    eprintln!("note: {note}");
+                }
             }
             learned.push(c.clone());
         }

@@ -209,9 +209,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 );
             }
             loaded.push((e.token.clone(), path));
-            vocab
+            let added = vocab
                 .add_embedding(&e, path)
                 .with_context(|| format!("adding `{}` from {}", e.token, path.display()))?;
+            if let Some(note) = added.note {
+                eprintln!("note: {note}");
+            }
             ti_hashes.push((e.token.clone(), hash.clone()));
         }
     }
@@ -260,7 +263,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let start = Instant::now();
     let mut total_steps = 0;
     for prompt in &prompts {
-        if let Some(dropped) = vocab.tokenizer.encode(prompt)?.truncated {
+        if let Some(dropped) = vocab.first.tokenizer.encode(prompt)?.truncated {
             eprintln!("warning: the prompt is longer than 75 tokens; dropped: \"{dropped}\"");
         }
         let mut made = Vec::new();

@@ -33,6 +33,11 @@ pub struct ModelArgs {
     /// Use the U-Net's EMA weights when an original checkpoint has them.
     #[arg(long)]
     pub ema: bool,
+    /// A VAE to use instead of the model's: a diffusers VAE folder (its config.json decides
+    /// force_upcast) or a single .safetensors/.ckpt VAE (runs in the model's precision), e.g.
+    /// an fp16-fixed SDXL VAE for --precision f16.
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
     #[arg(long, default_value = "auto", help = super::device::DEVICE_HELP)]
     pub device: String,
     /// Compute precision of the frozen weights (auto: f16 on a GPU that computes in it, else
@@ -63,6 +68,7 @@ impl ModelArgs {
             variant: self.variant.clone(),
             config_dir: self.config.clone(),
             use_ema: self.ema,
+            vae: self.vae.clone(),
             ..Default::default()
         }
     }
@@ -98,6 +104,17 @@ fn info(args: InfoArgs) -> Result<()> {
         c.text_encoder.hidden_act,
         parameter_count(&sd.text_encoder)
     );
+    if let (Some(cfg), Some(te2)) = (&c.text_encoder_2, &sd.text_encoder_2) {
+        println!(
+            "text encoder 2: {} layers, width {}, {} heads, {}, projection {} ({} parameters)",
+            cfg.num_hidden_layers,
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.hidden_act,
+            cfg.projection_dim,
+            parameter_count(te2)
+        );
+    }
     println!(
         "unet:         channels {:?}, cross-attention {}, linear projection {}, upcast attention {} ({} parameters)",
         c.unet.block_out_channels,
@@ -107,10 +124,11 @@ fn info(args: InfoArgs) -> Result<()> {
         parameter_count(&sd.unet)
     );
     println!(
-        "vae:          channels {:?}, latent /{} , scaling factor {} ({} parameters)",
+        "vae:          channels {:?}, latent /{} , scaling factor {}, force_upcast {} ({} parameters)",
         c.vae.block_out_channels,
         c.vae.downscale_factor(),
         c.vae.scaling_factor,
+        c.vae.force_upcast,
         parameter_count(&sd.vae)
     );
     if let Some(p) = c.scheduler.get("prediction_type").and_then(|v| v.as_str()) {

@@ -495,7 +495,7 @@ mod tests {
             assert!(c.steps > 0, "{}", path.display());
             n += 1;
         }
-        assert!(n >= 7);
+        assert!(n >= 9);
         let args = TrainArgs {
             config: Some(dir.join("sd1-style.toml")),
             model: Some("m".into()),

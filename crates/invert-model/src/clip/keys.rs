@@ -93,36 +93,95 @@ pub fn clip_from_ldm(keys: &[String], num_hidden_layers: usize) -> Result<LdmMap
     let layout = ldm_text_encoder_layout(keys).ok_or(format!(
         "the checkpoint has no text encoder ({LDM_OPENAI_CLIP_PREFIX}* or {LDM_OPEN_CLIP_PREFIX}* keys)"
     ))?;
+    match layout {
+        LdmTextLayout::OpenAi => {
+            transformers_under(keys, LDM_OPENAI_CLIP_PREFIX, num_hidden_layers)
+        }
+        LdmTextLayout::OpenClip { .. } => {
+            open_clip_under(keys, LDM_OPEN_CLIP_PREFIX, num_hidden_layers, false)
+        }
+    }
+}
+
+/// Prefix of SDXL's first text encoder (OpenAI CLIP ViT-L, transformers names) in a single-file
+/// (Stability's `sgm`) checkpoint.
+pub const SGM_CLIP_L_PREFIX: &str = "conditioner.embedders.0.transformer.";
+/// Prefix of SDXL's second text encoder (open_clip ViT-bigG, with `text_projection`).
+pub const SGM_CLIP_G_PREFIX: &str = "conditioner.embedders.1.model.";
+
+/// Maps SDXL's two text encoders of a single-file checkpoint: the first to `CLIPTextModel`
+/// keys, the second to `CLIPTextModelWithProjection` keys, its `text_projection` (`x @ P` in
+/// open_clip) transposed into a `Linear` weight, as diffusers' `convert_open_clip_checkpoint`
+/// does for `text_encoder_2`.
+pub fn sdxl_text_encoders_from_sgm(
+    keys: &[String],
+    layers_1: usize,
+    layers_2: usize,
+) -> Result<(LdmMapping, LdmMapping), String> {
+    for prefix in [SGM_CLIP_L_PREFIX, SGM_CLIP_G_PREFIX] {
+        if !keys.iter().any(|k| k.starts_with(prefix)) {
+            return Err(format!(
+                "the SDXL checkpoint has no {prefix}* keys (one of its two text encoders)"
+            ));
+        }
+    }
+    Ok((
+        transformers_under(keys, SGM_CLIP_L_PREFIX, layers_1)?,
+        open_clip_under(keys, SGM_CLIP_G_PREFIX, layers_2, true)?,
+    ))
+}
+
+/// A transformers `CLIPTextModel` stored under `prefix`.
+fn transformers_under(
+    keys: &[String],
+    prefix: &str,
+    num_hidden_layers: usize,
+) -> Result<LdmMapping, String> {
     let mut out = LdmMapping::default();
     for key in keys {
-        match layout {
-            LdmTextLayout::OpenAi => {
-                let Some(rest) = key.strip_prefix(LDM_OPENAI_CLIP_PREFIX) else {
-                    continue;
-                };
-                // files written by transformers before the `text_model` wrapper lack it
-                let rest = rest.strip_prefix("text_model.").unwrap_or(rest);
-                match classify(rest, num_hidden_layers) {
-                    Some(true) => out
-                        .mapped
-                        .push((format!("text_model.{rest}"), KeySource::plain(key.clone()))),
-                    Some(false) => {}
-                    None => out.unmapped.push(key.clone()),
-                }
-            }
-            LdmTextLayout::OpenClip { .. } => {
-                let Some(rest) = key.strip_prefix(LDM_OPEN_CLIP_PREFIX) else {
-                    continue;
-                };
-                match open_clip(rest, num_hidden_layers) {
-                    Some(targets) => out.mapped.extend(targets.into_iter().map(|(t, chunk)| {
-                        let mut source = KeySource::plain(key.clone());
-                        source.chunk = chunk;
-                        (format!("text_model.{t}"), source)
-                    })),
-                    None => out.unmapped.push(key.clone()),
-                }
-            }
+        let Some(rest) = key.strip_prefix(prefix) else {
+            continue;
+        };
+        // files written by transformers before the `text_model` wrapper lack it
+        let rest = rest.strip_prefix("text_model.").unwrap_or(rest);
+        match classify(rest, num_hidden_layers) {
+            Some(true) => out
+                .mapped
+                .push((format!("text_model.{rest}"), KeySource::plain(key.clone()))),
+            Some(false) => {}
+            None => out.unmapped.push(key.clone()),
+        }
+    }
+    out.check_unique()?;
+    Ok(out)
+}
+
+/// An open_clip text tower stored under `prefix`; with `projection`, its `text_projection` is
+/// mapped (transposed) to `text_projection.weight`, else left out.
+fn open_clip_under(
+    keys: &[String],
+    prefix: &str,
+    num_hidden_layers: usize,
+    projection: bool,
+) -> Result<LdmMapping, String> {
+    let mut out = LdmMapping::default();
+    for key in keys {
+        let Some(rest) = key.strip_prefix(prefix) else {
+            continue;
+        };
+        if projection && rest == "text_projection" {
+            let mut source = KeySource::plain(key.clone());
+            source.transpose = true;
+            out.mapped.push(("text_projection.weight".into(), source));
+            continue;
+        }
+        match open_clip(rest, num_hidden_layers) {
+            Some(targets) => out.mapped.extend(targets.into_iter().map(|(t, chunk)| {
+                let mut source = KeySource::plain(key.clone());
+                source.chunk = chunk;
+                (format!("text_model.{t}"), source)
+            })),
+            None => out.unmapped.push(key.clone()),
         }
     }
     out.check_unique()?;

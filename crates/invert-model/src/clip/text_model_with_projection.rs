@@ -26,7 +26,8 @@ pub struct CLIPTextModelWithProjection {
 
 /// What SDXL takes from the second text encoder.
 pub struct ProjectedText {
-    /// `[b, l, d]`: the output of all layers but the last, before the final LayerNorm.
+    /// `[b, l, d]`: the output of all layers but the last (by default), before the final
+    /// LayerNorm.
     pub penultimate: Tensor<3>,
     /// `[b, projection_dim]`: the pooled, projected text embedding (`text_embeds`).
     pub text_embeds: Tensor<2>,
@@ -66,6 +67,19 @@ impl CLIPTextModelWithProjection {
         extra: Option<&Tensor<2>>,
         eos_id: i64,
     ) -> ProjectedText {
+        self.forward_skipping(ids, extra, eos_id, 1)
+    }
+
+    /// [`forward`](Self::forward) with the hidden state taken `clip_skip - 1` layers earlier
+    /// (diffusers' SDXL `clip_skip = k` takes `hidden_states[-(k + 2)]`, i.e. A1111's clip skip
+    /// `k + 1`); the pooled embedding always comes from the last layer.
+    pub fn forward_skipping(
+        &self,
+        ids: Tensor<2, Int>,
+        extra: Option<&Tensor<2>>,
+        eos_id: i64,
+        clip_skip: usize,
+    ) -> ProjectedText {
         let tm = &self.text_model;
         let n = tm.num_layers();
         assert!(
@@ -73,8 +87,13 @@ impl CLIPTextModelWithProjection {
             "CLIPTextModelWithProjection: SDXL needs at least 2 layers"
         );
         let eos = end_of_text_positions(&ids, eos_id);
-        let penultimate = tm.hidden_state(ids, extra, n - 1);
-        let last = tm.final_norm(tm.layer(n - 1, penultimate.clone()));
+        let used = n - clip_skip.clamp(1, n - 1);
+        let hidden = tm.hidden_state(ids, extra, used);
+        let mut last = hidden.clone();
+        for i in used..n {
+            last = tm.layer(i, last);
+        }
+        let last = tm.final_norm(last);
         let [b, _, d] = last.dims();
         let rows = eos
             .iter()
@@ -88,7 +107,7 @@ impl CLIPTextModelWithProjection {
         debug_assert_eq!(rows.len(), b);
         let pooled = Tensor::cat(rows, 0);
         ProjectedText {
-            penultimate,
+            penultimate: hidden,
             text_embeds: self.text_projection.forward(pooled),
         }
     }

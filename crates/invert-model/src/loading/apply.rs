@@ -64,18 +64,41 @@ fn source_shape(reader: &dyn TensorReader, source: &KeySource) -> Result<Vec<usi
             shape.pop();
         }
     }
+    if source.transpose {
+        if shape.len() != 2 {
+            return Err(LoadError::Layout {
+                path: reader.path().to_path_buf(),
+                reason: format!("`{}` of shape {shape:?} should be a matrix", source.key),
+            });
+        }
+        shape.swap(0, 1);
+    }
     Ok(shape)
 }
 
 fn read_source(reader: &dyn TensorReader, source: &KeySource) -> Result<Vec<f32>, WeightError> {
     let values = reader.read_f32(&source.key)?;
     crate::weights::check_finite(reader.path(), &source.key, &values)?;
-    Ok(match source.chunk {
+    let values = match source.chunk {
         Some((index, count)) => {
             let len = values.len() / count;
             values[index * len..(index + 1) * len].to_vec()
         }
         None => values,
+    };
+    Ok(match reader.meta(&source.key) {
+        // `source_shape` checked that a transposed tensor is a matrix.
+        Some(meta) if source.transpose && meta.shape.len() == 2 => {
+            let (rows, cols) = (meta.shape[0], meta.shape[1]);
+            let mut out = vec![0.0; values.len()];
+            for r in 0..rows {
+                for c in 0..cols {
+                    out[c * rows + r] = values[r * cols + c];
+                }
+            }
+            out
+        }
+        _ => values,
     })
 }
 

@@ -13,12 +13,9 @@ use burn::tensor::DType;
 
 use super::apply::{Assignment, LoadReport, apply};
 use super::{
-    Family, LoadError, LoadOptions, PipelineConfig, StableDiffusion, parse_config, parse_configs,
-    read_json,
+    Family, LoadError, LoadOptions, PipelineConfig, StableDiffusion, parse_configs, read_json,
 };
-use crate::clip::{CLIPTextConfig, CLIPTextModelWithProjection};
 use crate::keymap::KeySource;
-use crate::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::weights::TensorReader;
 use crate::weights::safetensors_file::{SafetensorsFile, TensorSet};
 use crate::weights::torch_zip::TorchFile;
@@ -139,63 +136,6 @@ pub fn load_module<M: Module + ModuleSnapshot>(
     Ok((module, report))
 }
 
-/// A `CLIPTextModelWithProjection` component folder (SDXL's `text_encoder_2`: `config.json` and
-/// `model[.VARIANT].safetensors`), in `options.dtype`.
-pub fn load_text_encoder_with_projection(
-    dir: &Path,
-    options: &LoadOptions,
-    device: &Device,
-) -> Result<(CLIPTextModelWithProjection, CLIPTextConfig, LoadReport), LoadError> {
-    let config_path = dir.join("config.json");
-    let cfg: CLIPTextConfig = parse_config(
-        &config_path,
-        &read_json(&config_path)?,
-        CLIPTextConfig::new(),
-    )?;
-    let reader = open_component_weights(dir, "model", options.variant.as_deref())?;
-    let a = assignments(
-        reader.as_ref(),
-        crate::clip::keys::to_burn_path_with_projection,
-    );
-    let desc = format!("{} (CLIPTextModelWithProjection)", dir.display());
-    let (model, report) = load_module(
-        cfg.init_with_projection(device),
-        reader,
-        a,
-        options.dtype,
-        &desc,
-    )?;
-    Ok((model, cfg, report))
-}
-
-/// A `UNet2DConditionModel` component folder (`config.json` and
-/// `diffusion_pytorch_model[.VARIANT].safetensors`), in `options.dtype`; errors on configs this
-/// implementation cannot build.
-pub fn load_unet(
-    dir: &Path,
-    options: &LoadOptions,
-    device: &Device,
-) -> Result<(UNet2DConditionModel, UNet2DConditionConfig, LoadReport), LoadError> {
-    let config_path = dir.join("config.json");
-    let cfg: UNet2DConditionConfig = parse_config(
-        &config_path,
-        &read_json(&config_path)?,
-        UNet2DConditionConfig::new(vec![], vec![], vec![]),
-    )?;
-    if let Some(reason) = cfg.unsupported() {
-        return Err(LoadError::Config {
-            path: config_path,
-            reason,
-        });
-    }
-    let reader =
-        open_component_weights(dir, "diffusion_pytorch_model", options.variant.as_deref())?;
-    let a = assignments(reader.as_ref(), crate::unet::keys::to_burn_path);
-    let desc = format!("{} (UNet2DConditionModel)", dir.display());
-    let (model, report) = load_module(cfg.init(device), reader, a, options.dtype, &desc)?;
-    Ok((model, cfg, report))
-}
-
 /// Loads a diffusers-layout component when a reader is given; else returns it unloaded.
 fn load_optional<M: Module + ModuleSnapshot>(
     module: M,
@@ -214,13 +154,29 @@ fn load_optional<M: Module + ModuleSnapshot>(
 }
 
 /// The family a diffusers folder's configs describe.
-pub fn family_of(text_width: usize, scheduler: &serde_json::Value) -> Family {
+pub fn family_of(text_width: usize, scheduler: &serde_json::Value, sdxl: bool) -> Family {
+    if sdxl {
+        return Family::Sdxl;
+    }
     let v = scheduler.get("prediction_type").and_then(|p| p.as_str()) == Some("v_prediction");
     match (Family::from_text_width(text_width), v) {
         (Some(Family::Sd2Base), true) => Family::Sd2V,
         (Some(f), _) => f,
         (None, _) => Family::Custom,
     }
+}
+
+/// SDXL's `force_zeros_for_empty_prompt` from `model_index.json` (diffusers' default, true,
+/// when the file or the field is missing).
+pub(crate) fn force_zeros_for_empty_prompt(root: &Path) -> Result<bool, LoadError> {
+    let index = root.join("model_index.json");
+    if !index.is_file() {
+        return Ok(true);
+    }
+    Ok(read_json(&index)?
+        .get("force_zeros_for_empty_prompt")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true))
 }
 
 fn component_dir(root: &Path, name: &str) -> Result<PathBuf, LoadError> {
@@ -236,6 +192,11 @@ fn component_dir(root: &Path, name: &str) -> Result<PathBuf, LoadError> {
     }
 }
 
+/// A `tokenizer*/` folder of the model, when it has one.
+pub(crate) fn folder_if_present(root: &Path, name: &str) -> Option<PathBuf> {
+    Some(root.join(name)).filter(|d| d.is_dir())
+}
+
 pub fn load(
     path: &Path,
     options: &LoadOptions,
@@ -243,17 +204,20 @@ pub fn load(
 ) -> Result<StableDiffusion, LoadError> {
     let root = resolve_model_dir(path);
     let te_dir = component_dir(&root, "text_encoder")?;
+    let te2_dir = Some(root.join("text_encoder_2")).filter(|d| d.join("config.json").is_file());
     let unet_dir = component_dir(&root, "unet")?;
     let vae_dir = component_dir(&root, "vae")?;
-    let (te_json, unet_json, vae_json) = (
-        read_json(&te_dir.join("config.json"))?,
-        read_json(&unet_dir.join("config.json"))?,
-        read_json(&vae_dir.join("config.json"))?,
-    );
-    let (te_cfg, unet_cfg, vae_cfg) = parse_configs(
-        (&te_dir.join("config.json"), &te_json),
-        (&unet_dir.join("config.json"), &unet_json),
-        (&vae_dir.join("config.json"), &vae_json),
+    let config = |dir: &Path| {
+        let p = dir.join("config.json");
+        read_json(&p).map(|json| (p, json))
+    };
+    let (te_json, unet_json, vae_json) = (config(&te_dir)?, config(&unet_dir)?, config(&vae_dir)?);
+    let te2_json = te2_dir.as_deref().map(config).transpose()?;
+    let cfg = parse_configs(
+        (&te_json.0, &te_json.1),
+        te2_json.as_ref().map(|(p, j)| (p.as_path(), j)),
+        (&unet_json.0, &unet_json.1),
+        (&vae_json.0, &vae_json.1),
     )?;
     let scheduler_path = root.join("scheduler").join("scheduler_config.json");
     let scheduler = if scheduler_path.is_file() {
@@ -261,7 +225,11 @@ pub fn load(
     } else {
         serde_json::Value::Null
     };
-    let family = family_of(te_cfg.hidden_size, &scheduler);
+    let family = family_of(
+        cfg.text_encoder.hidden_size,
+        &scheduler,
+        cfg.text_encoder_2.is_some(),
+    );
     let desc = format!("a diffusers folder ({})", family.describe());
     let variant = options.variant.as_deref();
     let dtype = options.dtype;
@@ -279,47 +247,72 @@ pub fn load(
     };
     let reader = load_part(parts.text_encoder, &te_dir, "model")?;
     let (text_encoder, te_report) = load_optional(
-        te_cfg.init(device),
+        cfg.text_encoder.init(device),
         reader,
         crate::clip::keys::to_burn_path,
         dtype,
         &desc,
     )?;
+    let mut reports = vec![("text_encoder".to_string(), te_report)];
+    let text_encoder_2 = match (&te2_dir, &cfg.text_encoder_2) {
+        (Some(dir), Some(te2_cfg)) => {
+            let reader = load_part(parts.text_encoder, dir, "model")?;
+            let (model, report) = load_optional(
+                te2_cfg.init_with_projection(device),
+                reader,
+                crate::clip::keys::to_burn_path_with_projection,
+                dtype,
+                &desc,
+            )?;
+            reports.push(("text_encoder_2".into(), report));
+            Some(model)
+        }
+        _ => None,
+    };
     let reader = load_part(parts.unet, &unet_dir, "diffusion_pytorch_model")?;
     let (unet, unet_report) = load_optional(
-        unet_cfg.init(device),
+        cfg.unet.init(device),
         reader,
         crate::unet::keys::to_burn_path,
         dtype,
         &desc,
     )?;
-    let reader = load_part(parts.vae, &vae_dir, "diffusion_pytorch_model")?;
-    let (vae, vae_report) = load_optional(
-        vae_cfg.init(device),
-        reader,
-        crate::vae::keys::to_burn_path,
-        dtype,
-        &desc,
-    )?;
+    reports.push(("unet".into(), unet_report));
+    let (vae, vae_cfg, vae_report) = match &options.vae {
+        Some(vae_path) if parts.vae => {
+            super::vae_file::load_vae(vae_path, options, family, &cfg.vae, device)?
+        }
+        _ => {
+            let reader = load_part(parts.vae, &vae_dir, "diffusion_pytorch_model")?;
+            let (vae, report) = load_optional(
+                cfg.vae.init(device),
+                reader,
+                crate::vae::keys::to_burn_path,
+                super::vae_dtype(dtype, &cfg.vae, family),
+                &desc,
+            )?;
+            (vae, cfg.vae.clone(), report)
+        }
+    };
+    reports.push(("vae".into(), vae_report));
 
-    let tokenizer_dir = Some(root.join("tokenizer")).filter(|d| d.is_dir());
     Ok(StableDiffusion {
         text_encoder,
+        text_encoder_2,
         unet,
         vae,
         config: PipelineConfig {
-            text_encoder: te_cfg,
-            unet: unet_cfg,
+            text_encoder: cfg.text_encoder,
+            text_encoder_2: cfg.text_encoder_2,
+            unet: cfg.unet,
             vae: vae_cfg,
             scheduler,
-            tokenizer_dir,
+            tokenizer_dir: folder_if_present(&root, "tokenizer"),
+            tokenizer_2_dir: folder_if_present(&root, "tokenizer_2"),
+            force_zeros_for_empty_prompt: force_zeros_for_empty_prompt(&root)?,
             family,
         },
         source: root,
-        reports: vec![
-            ("text_encoder".into(), te_report),
-            ("unet".into(), unet_report),
-            ("vae".into(), vae_report),
-        ],
+        reports,
     })
 }

@@ -8,7 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::clip::keys::{LdmTextLayout, ldm_text_encoder_layout};
+use crate::clip::keys::{LdmTextLayout, SGM_CLIP_G_PREFIX, ldm_text_encoder_layout};
+
+/// SDXL's U-Net `add_embedding` in a single-file checkpoint (diffusers' `infer_diffusers_model_type`
+/// tests for this and the second text encoder).
+const SDXL_LABEL_EMB: &str = "model.diffusion_model.label_emb.";
 use crate::weights::TensorReader;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +23,9 @@ pub enum Family {
     Sd2Base,
     /// SD 2.x 768-px: as base, but v-prediction and upcast attention.
     Sd2V,
+    /// SDXL: two text encoders (CLIP ViT-L and OpenCLIP ViT-bigG, concatenated to 2048), a
+    /// U-Net with `text_time` added conditions, 1024 px.
+    Sdxl,
     /// Something else, described by the user's configs.
     Custom,
 }
@@ -29,6 +36,7 @@ impl Family {
             Family::Sd1 => "Stable Diffusion 1.x",
             Family::Sd2Base => "Stable Diffusion 2.x base (512 px, epsilon)",
             Family::Sd2V => "Stable Diffusion 2.x 768-v (v-prediction)",
+            Family::Sdxl => "Stable Diffusion XL",
             Family::Custom => "the architecture given by its configs",
         }
     }
@@ -39,6 +47,7 @@ impl Family {
             Family::Sd1 => Some("sd15"),
             Family::Sd2Base => Some("sd21-base"),
             Family::Sd2V => Some("sd21"),
+            Family::Sdxl => Some("sdxl-base"),
             Family::Custom => None,
         }
     }
@@ -84,12 +93,21 @@ macro_rules! bundled {
     };
 }
 
-/// The published config of `component` (`text_encoder`, `unet`, `vae`, `scheduler`).
+/// SDXL 1.0 base's `text_encoder_2/config.json` (the other SDXL files come with `bundled!`).
+const SDXL_TEXT_ENCODER_2: &str =
+    include_str!("../../../../configs/sdxl-base/text_encoder_2/config.json");
+
+/// The published config of `component` (`text_encoder`, `text_encoder_2`, `unet`, `vae`,
+/// `scheduler`).
 pub fn bundled_config(family: Family, component: &str) -> Option<serde_json::Value> {
     let files = match family {
         Family::Sd1 => bundled!("sd15"),
         Family::Sd2Base => bundled!("sd21-base"),
         Family::Sd2V => bundled!("sd21"),
+        Family::Sdxl if component == "text_encoder_2" => {
+            return Some(serde_json::from_str(SDXL_TEXT_ENCODER_2).expect("valid JSON"));
+        }
+        Family::Sdxl => bundled!("sdxl-base"),
         Family::Custom => return None,
     };
     let text = files.iter().find(|(c, _)| *c == component)?.1;
@@ -113,6 +131,17 @@ pub fn detect(
     metadata: Option<&std::collections::HashMap<String, String>>,
     global_step: Option<i64>,
 ) -> Option<(Family, String)> {
+    if keys
+        .iter()
+        .any(|k| k.starts_with(SGM_CLIP_G_PREFIX) || k.starts_with(SDXL_LABEL_EMB))
+    {
+        return Some((
+            Family::Sdxl,
+            "SDXL's second text encoder (conditioner.embedders.1) or added-condition \
+             embedding (label_emb)"
+                .into(),
+        ));
+    }
     let cross_width = [1, 2, 4].iter().find_map(|i| {
         let key = format!(
             "model.diffusion_model.input_blocks.{i}.1.transformer_blocks.0.attn2.to_k.weight"

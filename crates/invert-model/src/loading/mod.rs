@@ -1,4 +1,4 @@
-//! Loading Stable Diffusion 1.x/2.x from what users have on disk: diffusers folders (also inside
+//! Loading Stable Diffusion 1.x/2.x/XL from what users have on disk: diffusers folders (also inside
 //! a Hugging Face cache snapshot) and single-file original checkpoints (`.safetensors`,
 //! `.ckpt`). See `diffusers_folder.rs` and `single_file.rs`; the checkpoint-key knowledge lives
 //! in each model's `keys.rs`.
@@ -7,13 +7,14 @@ pub mod apply;
 pub mod diffusers_folder;
 pub mod family;
 pub mod single_file;
+pub mod vae_file;
 
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::DType;
 
-use crate::clip::{CLIPTextConfig, CLIPTextModel};
+use crate::clip::{CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection};
 use crate::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
 use crate::weights::WeightError;
@@ -82,6 +83,9 @@ pub struct LoadOptions {
     /// Which components to read. Skipped ones are built but left lazily initialised (no
     /// memory); they must not be used. `invert embedding inspect` needs only the text encoder.
     pub parts: Parts,
+    /// A VAE to use instead of the model's (`--vae`): a diffusers `vae/` folder or a single
+    /// `.safetensors`/`.ckpt` VAE, e.g. an fp16-fixed SDXL VAE.
+    pub vae: Option<PathBuf>,
 }
 
 /// A selection of pipeline components.
@@ -113,6 +117,7 @@ impl Default for LoadOptions {
             config_dir: None,
             use_ema: false,
             parts: Parts::ALL,
+            vae: None,
         }
     }
 }
@@ -121,12 +126,19 @@ impl Default for LoadOptions {
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub text_encoder: CLIPTextConfig,
+    /// SDXL's second text encoder (`CLIPTextModelWithProjection`).
+    pub text_encoder_2: Option<CLIPTextConfig>,
     pub unet: UNet2DConditionConfig,
     pub vae: AutoencoderKLConfig,
     /// `scheduler/scheduler_config.json` as found (interpreted by the sampling code).
     pub scheduler: serde_json::Value,
-    /// `tokenizer/` folder of a diffusers model, when there is one.
+    /// `tokenizer/` folder of a diffusers model (or of `--config`), when there is one.
     pub tokenizer_dir: Option<PathBuf>,
+    /// `tokenizer_2/` folder of an SDXL model, when there is one.
+    pub tokenizer_2_dir: Option<PathBuf>,
+    /// SDXL's `force_zeros_for_empty_prompt` (model_index.json; true for SDXL 1.0): with no
+    /// negative prompt, the unconditional input is zeros instead of the encoded empty prompt.
+    pub force_zeros_for_empty_prompt: bool,
     pub family: Family,
 }
 
@@ -141,6 +153,8 @@ impl PipelineConfig {
 #[derive(Debug)]
 pub struct StableDiffusion {
     pub text_encoder: CLIPTextModel,
+    /// SDXL's second text encoder.
+    pub text_encoder_2: Option<CLIPTextModelWithProjection>,
     pub unet: UNet2DConditionModel,
     pub vae: AutoencoderKL,
     pub config: PipelineConfig,
@@ -218,13 +232,28 @@ pub fn parse_config<C: burn::config::Config>(
         .map_err(|e| bad(format!("not a config this model understands: {e}")))
 }
 
-/// Parses a component config and checks that this implementation can build it.
+/// The component configs of a pipeline.
+pub(crate) struct ComponentConfigs {
+    pub text_encoder: CLIPTextConfig,
+    pub text_encoder_2: Option<CLIPTextConfig>,
+    pub unet: UNet2DConditionConfig,
+    pub vae: AutoencoderKLConfig,
+}
+
+/// A config file's path and its JSON.
+pub(crate) type ConfigFile<'a> = (&'a Path, &'a serde_json::Value);
+
+/// Parses the component configs and checks that this implementation can build them and that
+/// they fit together (the U-Net's cross-attention width is the text width, both encoders'
+/// widths concatenated for SDXL).
 pub(crate) fn parse_configs(
-    text_encoder: (&Path, &serde_json::Value),
-    unet: (&Path, &serde_json::Value),
-    vae: (&Path, &serde_json::Value),
-) -> Result<(CLIPTextConfig, UNet2DConditionConfig, AutoencoderKLConfig), LoadError> {
-    let te: CLIPTextConfig = parse_config(text_encoder.0, text_encoder.1, CLIPTextConfig::new())?;
+    text_encoder: ConfigFile,
+    text_encoder_2: Option<ConfigFile>,
+    unet: ConfigFile,
+    vae: ConfigFile,
+) -> Result<ComponentConfigs, LoadError> {
+    let te = parse_text_config(text_encoder)?;
+    let te2 = text_encoder_2.map(parse_text_config).transpose()?;
     let unet_cfg: UNet2DConditionConfig = parse_config(
         unet.0,
         unet.1,
@@ -244,23 +273,66 @@ pub(crate) fn parse_configs(
             reason: why,
         });
     }
+    let text_width = te.hidden_size + te2.as_ref().map_or(0, |c| c.hidden_size);
+    if text_width != unet_cfg.cross_attention_dim {
+        let widths = match &te2 {
+            Some(c) => format!(
+                "the two text encoders' hidden sizes {} + {}",
+                te.hidden_size, c.hidden_size
+            ),
+            None => format!("the text encoder's hidden_size {}", te.hidden_size),
+        };
+        return Err(LoadError::Config {
+            path: unet.0.to_path_buf(),
+            reason: format!(
+                "the U-Net's cross_attention_dim {} differs from {widths}",
+                unet_cfg.cross_attention_dim
+            ),
+        });
+    }
+    if let (Some(c), true) = (&te2, unet_cfg.addition_embed_type.is_some()) {
+        let time_dim = unet_cfg.addition_time_embed_dim.unwrap_or(0);
+        let expected = 6 * time_dim + c.projection_dim;
+        if unet_cfg.projection_class_embeddings_input_dim != Some(expected) {
+            return Err(LoadError::Config {
+                path: unet.0.to_path_buf(),
+                reason: format!(
+                    "projection_class_embeddings_input_dim is {:?}; SDXL's added conditions need \
+                     6 x addition_time_embed_dim ({}) + the second text encoder's \
+                     projection_dim ({}) = {expected}",
+                    unet_cfg.projection_class_embeddings_input_dim, time_dim, c.projection_dim
+                ),
+            });
+        }
+    }
+    Ok(ComponentConfigs {
+        text_encoder: te,
+        text_encoder_2: te2,
+        unet: unet_cfg,
+        vae: vae_cfg,
+    })
+}
+
+/// The dtype a VAE is loaded in: f32 for an SDXL model run in f16 when its config says
+/// `force_upcast` (diffusers' `StableDiffusionXLPipeline.upcast_vae`), else the model's dtype.
+pub fn vae_dtype(dtype: DType, vae: &AutoencoderKLConfig, family: Family) -> DType {
+    if dtype == DType::F16 && vae.force_upcast && family == Family::Sdxl {
+        DType::F32
+    } else {
+        dtype
+    }
+}
+
+fn parse_text_config((path, json): ConfigFile) -> Result<CLIPTextConfig, LoadError> {
+    let te: CLIPTextConfig = parse_config(path, json, CLIPTextConfig::new())?;
     if te.num_attention_heads == 0 || !te.hidden_size.is_multiple_of(te.num_attention_heads) {
         return Err(LoadError::Config {
-            path: text_encoder.0.to_path_buf(),
+            path: path.to_path_buf(),
             reason: format!(
                 "hidden_size {} cannot be split into {} heads",
                 te.hidden_size, te.num_attention_heads
             ),
         });
     }
-    if te.hidden_size != unet_cfg.cross_attention_dim {
-        return Err(LoadError::Config {
-            path: unet.0.to_path_buf(),
-            reason: format!(
-                "the U-Net's cross_attention_dim {} differs from the text encoder's hidden_size {}",
-                unet_cfg.cross_attention_dim, te.hidden_size
-            ),
-        });
-    }
-    Ok((te, unet_cfg, vae_cfg))
+    Ok(te)
 }

@@ -1,12 +1,13 @@
-//! Text-to-image sampling as diffusers' `StableDiffusionPipeline.__call__` does it
-//! (pipelines/stable_diffusion/pipeline_stable_diffusion.py): encode prompt and negative prompt,
-//! start from seeded noise scaled by the sampler's `init_noise_sigma`, denoise with
-//! classifier-free guidance, decode with the VAE.
+//! Text-to-image sampling as diffusers' `StableDiffusionPipeline.__call__` and
+//! `StableDiffusionXLPipeline.__call__` do it: encode prompt and negative prompt (see
+//! `prompt_encoding.rs`), start from seeded noise scaled by the sampler's `init_noise_sigma`,
+//! denoise with classifier-free guidance (SDXL with its added conditions), decode with the VAE.
 
 use burn::prelude::*;
 use burn::tensor::DType;
 
 use super::noise::NoiseGenerator;
+use super::prompt_encoding::{LearnedRows, encode_prompts, sdxl_time_ids, time_ids_tensor};
 use crate::loading::StableDiffusion;
 use crate::schedulers::{NoiseScheduleConfig, SamplerConfig, SchedulerError};
 use crate::vocabulary::{Vocabulary, VocabularyError};
@@ -111,21 +112,42 @@ pub fn sample_latents(
     let mut sampler = r.sampler.init(&schedule)?;
     sampler.set_timesteps(r.steps)?;
 
-    let extra = vocab.extra(device);
-    let prompts = vec![r.prompt.clone(); count];
-    let negatives = vec![r.negative.clone(); count];
-    let (ids, _) = vocab.encode(&prompts, device)?;
-    let (neg_ids, _) = vocab.encode(&negatives, device)?;
-    let cond = sd.text_encoder.forward(ids, extra.as_ref(), r.clip_skip);
+    let (extra, extra_2) = (vocab.extra(device), vocab.extra_2(device));
+    let learned = LearnedRows {
+        first: extra.as_ref(),
+        second: extra_2.as_ref(),
+    };
+    let encode = |text: &str| {
+        encode_prompts(
+            sd,
+            vocab,
+            &vec![text.to_string(); count],
+            learned,
+            r.clip_skip,
+            device,
+        )
+    };
+    let cond = encode(&r.prompt)?;
     let guided = r.guidance > 1.0;
-    let context = if guided {
-        let uncond = sd
-            .text_encoder
-            .forward(neg_ids, extra.as_ref(), r.clip_skip);
-        Tensor::cat(vec![uncond, cond], 0)
+    let conditioning = if guided {
+        // SDXL's `force_zeros_for_empty_prompt`: no negative prompt means zeros, not "".
+        let zeros = cond.text_embeds.is_some()
+            && sd.config.force_zeros_for_empty_prompt
+            && r.negative.trim().is_empty();
+        let uncond = if zeros {
+            cond.zeros_like()
+        } else {
+            encode(&r.negative)?
+        };
+        uncond.cat(cond)
     } else {
         cond
     };
+    let batch = if guided { 2 * count } else { count };
+    let added = conditioning.added(|| {
+        let size = [r.height, r.width];
+        time_ids_tensor(&vec![sdxl_time_ids(size, [0, 0], size); batch], device)
+    });
 
     // Image i starts from seed + i (A1111's convention), so any image can be made alone again.
     let mut generators: Vec<NoiseGenerator> = (0..count)
@@ -159,7 +181,7 @@ pub fn sample_latents(
         // Guidance and the sampler's arithmetic run in f32 whatever the model's precision.
         let out = sd
             .unet
-            .forward(input, t_batch, context.clone())
+            .forward_with(input, t_batch, conditioning.context.clone(), added.as_ref())
             .cast(DType::F32);
         let out = if guided {
             let [uncond, text] = out.chunk(2, 0).try_into().expect("two halves");

@@ -182,6 +182,21 @@ impl ClipTokenizer {
         Self::new(inner, config, &source)
     }
 
+    /// A model's tokenizer folder, as [`from_dir`](Self::from_dir); a folder holding only
+    /// `tokenizer_config.json`/`special_tokens_map.json` (as invert's `configs/` and some
+    /// trimmed model folders have) gets the bundled CLIP vocabulary with that folder's special
+    /// tokens, padding and length.
+    pub fn from_dir_or_bundled_vocabulary(dir: &Path) -> Result<Self, TokenizerError> {
+        let vocabulary = ["tokenizer.json", "vocab.json", "merges.txt"];
+        if vocabulary.iter().any(|f| dir.join(f).is_file()) {
+            return Self::from_dir(dir);
+        }
+        let config = load::read_config(dir)?;
+        let inner = Tokenizer::from_bytes(BUNDLED_TOKENIZER_JSON)
+            .expect("the bundled tokenizer.json is valid (checked by the tokenizer tests)");
+        Self::new(inner, config, &dir.join("tokenizer_config.json"))
+    }
+
     fn new(
         mut inner: Tokenizer,
         config: load::FolderConfig,

@@ -24,6 +24,11 @@ pub struct AutoencoderKLConfig {
     pub use_quant_conv: bool,
     #[config(default = true)]
     pub use_post_quant_conv: bool,
+    /// The SDXL pipeline runs a VAE whose config says this in f32 when the rest is f16 (the SDXL
+    /// VAE's activations overflow f16; an "fp16-fix" VAE says `false`). diffusers' default is
+    /// true; its SD 1.x/2.x pipelines ignore the field, and so does invert.
+    #[config(default = true)]
+    pub force_upcast: bool,
 }
 
 impl AutoencoderKLConfig {

@@ -54,6 +54,12 @@ impl Golden {
         (v, meta.shape)
     }
 
+    /// A U8 tensor's bytes (images).
+    pub fn u8(&self, name: &str) -> Vec<u8> {
+        assert!(self.has(name), "golden tensor {name}");
+        self.0.read_bytes(name).unwrap()
+    }
+
     pub fn ids(&self, name: &str, device: &Device) -> Tensor<2, Int> {
         let (v, shape) = self.i64(name);
         Tensor::from_data(TensorData::new(v, shape), device)

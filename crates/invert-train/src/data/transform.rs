@@ -34,6 +34,11 @@ pub struct Prepared {
     /// raw alpha, resized, cropped and flipped like the pixels; the trainer downsamples it to the
     /// latent size and normalises it (A1111: min 0, mean 1).
     pub weight: Option<Vec<f32>>,
+    /// The source image's `(height, width)` before resizing, and the crop's `(top, left)` in
+    /// the resized image: SDXL's micro-conditioning (diffusers' `textual_inversion_sdxl.py`
+    /// records the same two pairs).
+    pub original_size: [usize; 2],
+    pub crop_top_left: [usize; 2],
 }
 
 /// The size `(w, h)` that makes the short side `res` and keeps the aspect ratio (rounded; the
@@ -89,6 +94,7 @@ pub fn prepare(
 ) -> Prepared {
     assert!(resolution > 0, "training resolution must be positive");
     let res = u32::try_from(resolution).expect("resolution fits in u32");
+    let original_size = [img.rgb.height() as usize, img.rgb.width() as usize];
     let (rgb, alpha) = resize_short_side(&img.rgb, img.alpha.as_deref(), res);
     let (w, h) = rgb.dimensions();
     let (x0, y0) = match crop {
@@ -123,7 +129,12 @@ pub fn prepare(
         }
         out
     });
-    Prepared { pixels, weight }
+    Prepared {
+        pixels,
+        weight,
+        original_size,
+        crop_top_left: [y0, x0],
+    }
 }
 
 #[cfg(test)]

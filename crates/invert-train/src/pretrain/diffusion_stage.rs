@@ -287,7 +287,7 @@ pub fn run(
     }
     model.text_encoder = model.text_encoder.no_grad();
     let picture_word = (
-        vocab.tokenizer.eos_id(),
+        vocab.first.tokenizer.eos_id(),
         mean_row_norm(
             model
                 .text_encoder

@@ -1,63 +1,22 @@
-//! New words in the text encoder: the tokenizer's added tokens plus one embedding vector per
-//! token, kept outside the frozen CLIP table (see `CLIPTextModel::embed`). Loaded learned
-//! embeddings (any format of `embedding/`) and words being trained both live here, so a prompt
-//! can mix several learned concepts ("a photo of S_clock in the style of S_style").
-
-use std::path::Path;
+//! One text encoder's new words: its tokenizer with the added tokens, and one vector per token
+//! kept outside the frozen token table (see `CLIPTextModel::embed`).
 
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
 
-use crate::embedding::{EmbeddingError, LearnedEmbedding, check_width};
-use crate::tokenizer::{ClipTokenizer, TokenizerError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum VocabularyError {
-    #[error(transparent)]
-    Tokenizer(#[from] TokenizerError),
-    #[error(transparent)]
-    Embedding(#[from] EmbeddingError),
-    #[error("{token:?}: {reason}")]
-    Invalid { token: String, reason: String },
-}
-
-/// How a new word's vectors start (paper section 4: a single-token coarse description).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Init {
-    /// Vector `i` copies the embedding of the `i`-th token of the word or phrase (cycling when
-    /// there are more vectors than tokens).
-    Text(String),
-    /// Normal noise with the vocabulary's per-dimension spread, from this seed.
-    Random(u64),
-}
+use super::{Init, VocabularyError};
+use crate::tokenizer::ClipTokenizer;
 
 /// The tokenizer and the vectors of every new word, in id order.
 #[derive(Debug, Clone)]
-pub struct Vocabulary {
+pub struct WordTable {
     pub tokenizer: ClipTokenizer,
     width: usize,
     /// Row-major `[n_new, width]`, row `i` belonging to id `vocab_size + i`.
     extra: Vec<f32>,
 }
 
-impl Vocabulary {
-    /// The vocabulary of a loaded model: its own `tokenizer/` folder when it has one, else
-    /// invert's bundled CLIP tokenizer (padding with `!` for SD 2.x, as OpenCLIP does).
-    pub fn for_model(sd: &crate::loading::StableDiffusion) -> Result<Self, VocabularyError> {
-        use crate::loading::Family;
-        let tokenizer = match &sd.config.tokenizer_dir {
-            Some(dir) => ClipTokenizer::from_dir(dir)?,
-            None => {
-                let mut t = ClipTokenizer::bundled();
-                if matches!(sd.config.family, Family::Sd2Base | Family::Sd2V) {
-                    t.set_pad_token(crate::tokenizer::SD2_PAD_TOKEN)?;
-                }
-                t
-            }
-        };
-        Ok(Self::new(tokenizer, sd.text_encoder.hidden_size()))
-    }
-
+impl WordTable {
     pub fn new(tokenizer: ClipTokenizer, width: usize) -> Self {
         Self {
             tokenizer,
@@ -77,17 +36,6 @@ impl Vocabulary {
 
     pub fn is_empty(&self) -> bool {
         self.extra.is_empty()
-    }
-
-    /// Adds a learned embedding read from `path`: its width must match the text encoder's and
-    /// its token must be new (not a vocabulary word, not another concept's).
-    pub fn add_embedding(
-        &mut self,
-        e: &LearnedEmbedding,
-        path: &Path,
-    ) -> Result<Vec<u32>, VocabularyError> {
-        check_width(e, self.width, path)?;
-        self.add_word(&e.token, &e.vectors)
     }
 
     /// Adds `token` with `vectors` (row-major, a multiple of the width) and returns its ids.
@@ -248,7 +196,7 @@ mod tests {
     #[test]
     fn words_get_consecutive_ids_and_rows() {
         let device = Device::flex();
-        let mut v = Vocabulary::new(ClipTokenizer::bundled(), 2);
+        let mut v = WordTable::new(ClipTokenizer::bundled(), 2);
         let a = v.add_word("<a>", &[1.0, 2.0]).unwrap();
         let b = v.add_word("<b>", &[3.0, 4.0, 5.0, 6.0]).unwrap();
         assert_eq!(a, vec![49408]);
@@ -280,7 +228,7 @@ mod tests {
     #[test]
     fn init_from_phrase_takes_its_tokens_in_turn() {
         let device = Device::flex();
-        let v = Vocabulary::new(ClipTokenizer::bundled(), 2);
+        let v = WordTable::new(ClipTokenizer::bundled(), 2);
         // A table where row i is [i, -i].
         let rows: Vec<f32> = (0..49408).flat_map(|i| [i as f32, -(i as f32)]).collect();
         let table = Tensor::<2>::from_data(TensorData::new(rows, [49408, 2]), &device);
