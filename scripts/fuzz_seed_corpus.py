@@ -33,7 +33,8 @@ def pickles_of(path: pathlib.Path):
 
 
 def main() -> None:
-    embeddings = sorted((FIX / "embeddings").iterdir())
+    # Also the folders of diffusers' two-file SDXL form.
+    embeddings = sorted(p for p in (FIX / "embeddings").rglob("*") if p.is_file())
     torch = sorted((FIX / "torch").iterdir())
     for f in embeddings + torch:
         if f.suffix in (".json", ".md"):

@@ -2,12 +2,15 @@
 """Generate the textual-inversion embedding fixtures for invert-model's embedding tests.
 
 Run from the repo root with a Python that has torch, safetensors, numpy and Pillow:
-    /work/venv/bin/python scripts/make_embedding_fixtures.py
+    /work/venv23/bin/python scripts/make_embedding_fixtures.py
 Writes crates/invert-model/tests/fixtures/embeddings/*: one file per format and variant that
 the tools in the wild write (diffusers, A1111 .pt zip/legacy/ParameterDict, A1111 PNG with the
 embedding in a tEXt/zTXt/iTXt chunk or only in the pixel side blocks, kohya, invoke-training,
-OneTrainer, rinongal), files invert must refuse (SDXL, XTI, NaN, integer, rank 3, malicious
-pickle, not an embedding), and expected.json (token, shape, values, format, or the refusal).
+OneTrainer, rinongal; SDXL {clip_l, clip_g} from kohya/OneTrainer/invoke-training/diffusers'
+advanced script, diffusers' two-file SDXL form in folders, embeddings bundled in LoRA files),
+files invert must refuse (half or inconsistent SDXL embeddings, Flux, a bare LoRA, XTI, NaN,
+integer, rank 3, malicious pickle, not an embedding), and expected.json (token, shape, values,
+format, the second table of SDXL embeddings, notes in meta.extra, or the refusal).
 
 The files are built the way each tool saves them (dict layouts, torch.save, safetensors
 metadata), re-implemented here from reading the tools' sources; nothing is downloaded.
@@ -20,6 +23,7 @@ import json
 import os
 import pathlib
 import pickletools
+import shutil
 import zlib
 
 import numpy as np
@@ -51,11 +55,14 @@ def describe(t):
 
 
 def ok(name, fmt, embeddings):
-    """embeddings: list of (token, tensor, extra expected fields)."""
-    FILES[name] = {
-        "format": fmt,
-        "embeddings": [dict(token=tok, **describe(t), **extra) for tok, t, extra in embeddings],
-    }
+    """embeddings: list of (token, tensor, extra expected fields); for SDXL the tensor is a pair
+    (clip_l, clip_g), the second described under "second"."""
+    def one(tok, t, extra):
+        if isinstance(t, tuple):
+            return dict(token=tok, **describe(t[0]), second=describe(t[1]), **extra)
+        return dict(token=tok, **describe(t), **extra)
+
+    FILES[name] = {"format": fmt, "embeddings": [one(*e) for e in embeddings]}
 
 
 def refused(name, kind, says):
@@ -180,7 +187,9 @@ class Evil:
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     for p in OUT.iterdir():
-        if p.name != "README.md":
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.name != "README.md":
             p.unlink()
 
     # diffusers: safetensors with metadata {"format": "pt"}; .bin via torch.save.
@@ -287,9 +296,12 @@ def main():
     }, OUT / "rinongal_merged.pt")
     ok("rinongal_merged.pt", "Rinongal", [("*", a, meta_fields()), ("@", b, meta_fields())])
 
+    # SDXL at its real widths (kohya/OneTrainer/invoke-training layout); read since SDXL support.
+    l, g = vec(1, 768), vec(1, 1280)
+    save_file({"clip_l": l, "clip_g": g}, OUT / "sdxl_clip_l_g.safetensors")
+    ok("sdxl_clip_l_g.safetensors", "Sdxl", [("sdxl_clip_l_g", (l, g), meta_fields())])
+
     # Refused.
-    save_file({"clip_l": vec(1, 768), "clip_g": vec(1, 1280)}, OUT / "sdxl_clip_l_g.safetensors")
-    refused("sdxl_clip_l_g.safetensors", "Sdxl", "SDXL")
     xti_keys = ["IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "MID", "OUT03", "OUT04", "OUT05",
                 "OUT06", "OUT07", "OUT08", "OUT09", "OUT10", "OUT11"]
     save_file({k: vec(1) for k in xti_keys}, OUT / "kohya_xti.safetensors")
@@ -311,14 +323,151 @@ def main():
     Image.new("RGB", (8, 8), (30, 60, 90)).save(png_plain, "PNG")
     refused("plain.png", "UnknownFormat", "without an A1111 embedding")
 
+    sdxl_fixtures()
+
     versions = {"torch": torch.__version__, "numpy": np.__version__, "Pillow": Image.__version__}
     with open(OUT / "expected.json", "w") as f:
         json.dump({"generated_by": "scripts/make_embedding_fixtures.py", "versions": versions,
                    "files": FILES}, f, indent=1, sort_keys=True)
         f.write("\n")
-    total = sum(p.stat().st_size for p in OUT.iterdir())
+    total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
     print(f"{len(FILES)} fixtures, {total} bytes in {OUT}")
     assert total < 300_000, total
+
+
+# --- SDXL (made after everything above, so that the values of older fixtures stay the same) ---
+
+WL, WG = 8, 16  # stand-ins for SDXL's clip_l (768) and clip_g (1280) widths
+
+
+def lora_tensors(sdxl):
+    """A few kohya-style LoRA weights (down, up, alpha) for the bundle fixtures."""
+    te = "lora_te1_text_model_encoder_layers_0_mlp_fc1" if sdxl else "lora_te_text_model_encoder_layers_0_mlp_fc1"
+    out = {}
+    for module in ["lora_unet_down_blocks_0_attentions_0_proj_in", te]:
+        out[f"{module}.lora_down.weight"] = vec(4, WL)
+        out[f"{module}.lora_up.weight"] = vec(WL, 4)
+        out[f"{module}.alpha"] = torch.tensor(4.0)
+    return out
+
+
+def sdxl_fixtures():
+    # kohya sd-scripts SDXL (`--save_precision fp16`, SAI model-spec metadata).
+    l, g = vec(2, WL, torch.float16), vec(2, WG, torch.float16)
+    save_file({"clip_l": l, "clip_g": g}, OUT / "sdxl_kohya.safetensors", metadata={
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": "stable-diffusion-xl-v1-base/textual-inversion",
+        "modelspec.title": "sdxl_kohya",
+    })
+    sorted_safetensors_metadata(OUT / "sdxl_kohya.safetensors")
+    ok("sdxl_kohya.safetensors", "Sdxl", [("sdxl_kohya", (l, g), meta_fields())])
+    # invoke-training: F32 safetensors, no metadata.
+    l, g = vec(1, WL), vec(1, WG)
+    save_file({"clip_l": l, "clip_g": g}, OUT / "sdxl_invoke.safetensors")
+    ok("sdxl_invoke.safetensors", "Sdxl", [("sdxl_invoke", (l, g), meta_fields())])
+    # OneTrainer: torch.save of the dict (its CKPT output), and safetensors with `_out` tables.
+    l, g = vec(1, WL), vec(1, WG)
+    torch.save({"clip_l": l, "clip_g": g}, OUT / "sdxl_onetrainer.pt")
+    ok("sdxl_onetrainer.pt", "Sdxl", [("sdxl_onetrainer", (l, g), meta_fields())])
+    l, g = vec(2, WL), vec(2, WG)
+    save_file({"clip_l": l, "clip_g": g, "clip_l_out": vec(2, WL), "clip_g_out": vec(2, WG)},
+              OUT / "sdxl_onetrainer_out.safetensors")
+    ok("sdxl_onetrainer_out.safetensors", "Sdxl", [("sdxl_onetrainer_out", (l, g), dict(
+        meta_fields(), extra_contains={"ignored": "clip_g_out, clip_l_out (OneTrainer's output-side"}))])
+    # An older torch's legacy pickle of the same dict.
+    l, g = vec(3, WL), vec(3, WG)
+    save_legacy({"clip_l": l, "clip_g": g}, OUT / "sdxl_legacy.pt")
+    ok("sdxl_legacy.pt", "Sdxl", [("sdxl_legacy", (l, g), meta_fields())])
+    # diffusers' advanced pivotal-tuning scripts: `<output>_emb.safetensors`, 2 tokens per
+    # abstraction (<s0><s1>); the SD 1.5 script writes clip_l alone.
+    l, g = vec(2, WL), vec(2, WG)
+    save_file({"clip_l": l, "clip_g": g}, OUT / "sdxl_advanced_emb.safetensors")
+    ok("sdxl_advanced_emb.safetensors", "Sdxl", [("sdxl_advanced_emb", (l, g), meta_fields())])
+    v = vec(2)
+    save_file({"clip_l": v}, OUT / "sd15_advanced_emb.safetensors")
+    ok("sd15_advanced_emb.safetensors", "ClipL", [("sd15_advanced_emb", v, meta_fields())])
+
+    # diffusers textual_inversion_sdxl.py: learned_embeds[_2][-steps-N].safetensors in the output
+    # folder; text_encoder_2 is cast to the mixed-precision dtype, so file 2 can be fp16.
+    d = OUT / "diffusers_sdxl"
+    d.mkdir()
+    for steps, dtype in [("", torch.float32), ("-steps-500", torch.float16)]:
+        l, g = vec(2, WL), vec(2, WG, dtype)
+        save_file({"<xl-cat>": l}, d / f"learned_embeds{steps}.safetensors", metadata={"format": "pt"})
+        save_file({"<xl-cat>": g}, d / f"learned_embeds_2{steps}.safetensors", metadata={"format": "pt"})
+        for name in [f"learned_embeds{steps}.safetensors", f"learned_embeds_2{steps}.safetensors"]:
+            ok(f"diffusers_sdxl/{name}", "DiffusersSdxl", [("<xl-cat>", (l, g), dict(
+                meta_fields(), extra_contains={"two_files": "diffusers' two-file SDXL form"}))])
+    d = OUT / "diffusers_sdxl_half"
+    d.mkdir()
+    save_file({"<half>": vec(1, WG)}, d / "learned_embeds_2.safetensors", metadata={"format": "pt"})
+    refused("diffusers_sdxl_half/learned_embeds_2.safetensors", "Sdxl",
+            "the first file learned_embeds.safetensors (text_encoder's rows, clip_l) is not next to it")
+    d = OUT / "diffusers_sdxl_mismatch"
+    d.mkdir()
+    save_file({"<odd>": vec(1, WL)}, d / "learned_embeds.safetensors", metadata={"format": "pt"})
+    save_file({"<odd>": vec(2, WG)}, d / "learned_embeds_2.safetensors", metadata={"format": "pt"})
+    for name in ["learned_embeds.safetensors", "learned_embeds_2.safetensors"]:
+        refused(f"diffusers_sdxl_mismatch/{name}", "Sdxl",
+                "`<odd>` has 1 vectors in the first and 2 in the second")
+
+    # LoRA files with bundled embeddings. OneTrainer SDXL: bundle_emb.<placeholder>.clip_l/clip_g
+    # (+ _out), kohya-style LoRA keys and ss_* training metadata.
+    l1, g1, l2, g2 = vec(1, WL), vec(1, WG), vec(2, WL), vec(2, WG)
+    sd = lora_tensors(True)
+    sd.update({"bundle_emb.<xl-one>.clip_l": l1, "bundle_emb.<xl-one>.clip_g": g1,
+               "bundle_emb.<xl-one>.clip_l_out": vec(1, WL), "bundle_emb.<xl-one>.clip_g_out": vec(1, WG),
+               "bundle_emb.second-word.clip_l": l2, "bundle_emb.second-word.clip_g": g2})
+    save_file(sd, OUT / "lora_bundle_sdxl.safetensors", metadata={
+        "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
+        "ss_network_module": "networks.lora",
+        "ss_tag_frequency": json.dumps({"img": {"xl-one": 12, "second-word": 3}}),
+    })
+    sorted_safetensors_metadata(OUT / "lora_bundle_sdxl.safetensors")
+    lora_note = {"ignored": "6 LoRA tensors (e.g. `lora_te1_text_model_encoder_layers_0_mlp_fc1.alpha`)"}
+    ok("lora_bundle_sdxl.safetensors", "LoraBundle", [
+        ("<xl-one>", (l1, g1), dict(meta_fields(), extra_contains=dict(
+            lora_note, bundle_layout="SDXL clip_l/clip_g"))),
+        ("second-word", (l2, g2), dict(meta_fields(), extra_contains=dict(
+            lora_note, bundle_layout="SDXL clip_l/clip_g"))),
+    ])
+    # kohya's bundling script with a torch target: every entry of an A1111 .pt (dicts flattened
+    # one level, ints kept, `name`/`step` dropped) and of a kohya emb_params file.
+    a, k = vec(2), vec(1)
+    sd = lora_tensors(False)
+    sd.update({"bundle_emb.a1111-word.string_to_token.*": 265,
+               "bundle_emb.a1111-word.string_to_param.*": a,
+               "bundle_emb.kohya-word.emb_params": k})
+    torch.save(sd, OUT / "lora_bundle_sd1.pt")
+    ok("lora_bundle_sd1.pt", "LoraBundle", [
+        ("a1111-word", a, dict(meta_fields(), extra_contains={"bundle_layout": "rinongal"})),
+        ("kohya-word", k, dict(meta_fields(), extra_contains={"bundle_layout": "kohya"})),
+    ])
+    # OneTrainer SD 1.x today: bundle_emb.<placeholder>.clip_l (+ clip_l_out).
+    v = vec(2)
+    sd = lora_tensors(False)
+    sd.update({"bundle_emb.<ot-word>.clip_l": v, "bundle_emb.<ot-word>.clip_l_out": vec(2)})
+    save_file(sd, OUT / "lora_bundle_sd1_onetrainer.safetensors")
+    ok("lora_bundle_sd1_onetrainer.safetensors", "LoraBundle", [
+        ("<ot-word>", v, dict(meta_fields(), extra_contains={
+            "bundle_layout": "clip_l", "ignored": "clip_l_out (OneTrainer's output-side"}))])
+
+    # Refused: a LoRA without embeddings, half or inconsistent SDXL tables, NaN in clip_g, rank 3,
+    # Flux (clip_l + t5, diffusers' advanced Flux script).
+    save_file(lora_tensors(True), OUT / "lora_only.safetensors")
+    refused("lora_only.safetensors", "UnknownFormat", "a LoRA (e.g. `lora_te1_text_model_encoder_layers_0_mlp_fc1.alpha`)")
+    save_file({"clip_g": vec(1, WG)}, OUT / "sdxl_clip_g_only.safetensors")
+    refused("sdxl_clip_g_only.safetensors", "Sdxl", "but no `clip_l`")
+    save_file({"clip_l": vec(2, WL), "clip_g": vec(1, WG)}, OUT / "sdxl_count_mismatch.safetensors")
+    refused("sdxl_count_mismatch.safetensors", "Sdxl", "`clip_l` [2, 8] holds 2 vectors but `clip_g` [1, 16] holds 1")
+    g = vec(1, WG)
+    g[0, 3] = float("nan")
+    save_file({"clip_l": vec(1, WL), "clip_g": g}, OUT / "sdxl_nan.safetensors")
+    refused("sdxl_nan.safetensors", "NonFinite", "`sdxl_nan (clip_g)` holds 1 NaN or infinite values (first in vector 0, element 3)")
+    save_file({"clip_l": vec(1, WL), "clip_g": vec(1, WG).reshape(1, 1, WG)}, OUT / "sdxl_rank3.safetensors")
+    refused("sdxl_rank3.safetensors", "BadShape", "`clip_g` has shape [1, 1, 16]: rank 3")
+    save_file({"clip_l": vec(1, WL), "t5": vec(1, WG)}, OUT / "flux_clip_l_t5.safetensors")
+    refused("flux_clip_l_t5.safetensors", "UnknownFormat", "Flux/SD3")
 
 
 if __name__ == "__main__":

@@ -240,6 +240,16 @@ fn generate_refuses_embeddings_that_cannot_be_used() {
         err.contains("the embedding `sd1-emb` is 768 wide, made for SD 1.x (CLIP ViT-L/14, 768 wide), but the loaded model's text encoder is 32 wide"),
         "{err}"
     );
+    // An SDXL embedding (clip_l + clip_g) on a model with one text encoder.
+    let sdxl = embedding("sdxl_clip_l_g.safetensors");
+    let err = fails(
+        "SDXL embedding on an SD 1.x model",
+        &generate(&out, &model, &["--prompt", "a", "--embedding", &sdxl]),
+    );
+    assert!(
+        err.contains("the embedding `sdxl_clip_l_g` is an SDXL embedding (1 vector(s) for each of two text encoders, clip_l 768 wide and clip_g 1280 wide), but the loaded model has one text encoder, 32 wide"),
+        "{err}"
+    );
     // NaN inside an embedding.
     let nan = embedding("nan.safetensors");
     let err = fails(

@@ -1,6 +1,7 @@
 //! The `invert` binary on the committed fixtures: help, model info, and embedding
 //! inspect/convert on every embedding fixture (readable ones round-trip through every output
-//! format; refused ones exit 1 with their specific message).
+//! format of their kind, one-encoder or SDXL, and are refused by the others; refused ones exit 1
+//! with their specific message).
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -151,12 +152,52 @@ fn embedding_inspect_and_convert_every_fixture() {
             );
             continue;
         }
-        for (format, ext) in [
-            ("diffusers", "safetensors"),
-            ("a1111", "pt"),
-            ("kohya", "safetensors"),
-        ] {
-            let target = out_dir.join(format!("{name}.{format}.{ext}"));
+        // SDXL embeddings go to the SDXL formats (diffusers-sdxl into a folder, which gets
+        // learned_embeds.safetensors + learned_embeds_2.safetensors), the others to the rest;
+        // each kind is refused by the other kind's formats.
+        let second = embeddings[0].get("second");
+        let (formats, wrong): (&[(&str, &str)], &str) = if second.is_some() {
+            (&[("sdxl", "safetensors"), ("diffusers-sdxl", "")], "kohya")
+        } else {
+            (
+                &[
+                    ("diffusers", "safetensors"),
+                    ("a1111", "pt"),
+                    ("kohya", "safetensors"),
+                ],
+                "sdxl",
+            )
+        };
+        let safe = name.replace('/', "_");
+        let refused = out_dir.join(format!("{safe}.wrong"));
+        let out = invert(&[
+            "embedding",
+            "convert",
+            p,
+            refused.to_str().unwrap(),
+            "--format",
+            wrong,
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{name} -> {wrong}: {}",
+            text(&out)
+        );
+        assert!(
+            text(&out).contains("cannot write this embedding"),
+            "{name}: {}",
+            text(&out)
+        );
+        assert!(!refused.exists());
+        for &(format, ext) in formats {
+            let target = if ext.is_empty() {
+                let d = out_dir.join(format!("{safe}.{format}"));
+                std::fs::create_dir_all(&d).unwrap();
+                d
+            } else {
+                out_dir.join(format!("{safe}.{format}.{ext}"))
+            };
             let out = invert(&[
                 "embedding",
                 "convert",
@@ -168,15 +209,34 @@ fn embedding_inspect_and_convert_every_fixture() {
                 "<conv>",
             ]);
             assert!(out.status.success(), "{name} -> {format}: {}", text(&out));
-            let out = invert(&["embedding", "inspect", target.to_str().unwrap()]);
+            let written = if ext.is_empty() {
+                assert!(target.join("learned_embeds_2.safetensors").is_file());
+                target.join("learned_embeds.safetensors")
+            } else {
+                target.clone()
+            };
+            let out = invert(&["embedding", "inspect", written.to_str().unwrap()]);
             assert!(out.status.success(), "{name} -> {format}: {}", text(&out));
             let shape = &embeddings[0]["shape"];
-            let dims = format!("vectors: {} x {}", shape[0], shape[1]);
+            let dims = match second {
+                Some(g) => format!(
+                    "vectors: {} x {} (clip_l) + {} x {} (clip_g)",
+                    shape[0], shape[1], g["shape"][0], g["shape"][1]
+                ),
+                None => format!("vectors: {} x {}", shape[0], shape[1]),
+            };
             assert!(
                 text(&out).contains(&dims),
                 "{name} -> {format}: {}",
                 text(&out)
             );
+            if second.is_some() {
+                assert!(
+                    text(&out).contains("clip_g vector 0: |v| = "),
+                    "{}",
+                    text(&out)
+                );
+            }
             // A second convert to the same path is refused without --overwrite.
             let again = invert(&[
                 "embedding",
@@ -189,4 +249,93 @@ fn embedding_inspect_and_convert_every_fixture() {
             assert_eq!(again.status.code(), Some(1), "{name}: overwrite refused");
         }
     }
+}
+
+#[test]
+fn embedding_sdxl_inspect_and_convert_defaults() {
+    let dir = fixtures().join("embeddings");
+    let out_dir = std::env::temp_dir().join(format!("invert-cli-sdxl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let xl = dir.join("sdxl_kohya.safetensors");
+    let xl = xl.to_str().unwrap();
+
+    // An SDXL model folder is recognised, not loaded: its checks come with SDXL loading.
+    let model = out_dir.join("sdxl-model");
+    std::fs::create_dir_all(model.join("text_encoder_2")).unwrap();
+    let out = invert(&[
+        "embedding",
+        "inspect",
+        xl,
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("is an SDXL model; checking embeddings against SDXL models")
+            && text(&out).contains("comes with SDXL model loading"),
+        "{}",
+        text(&out)
+    );
+
+    // Without --format: sdxl for SDXL embeddings, diffusers for the others; a folder as
+    // OUTPUT gets the format's usual name.
+    let out = invert(&["embedding", "convert", xl, out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("(sdxl)"), "{}", text(&out));
+    let written = out_dir.join("sdxl_kohya.safetensors");
+    let back = invert(&["embedding", "inspect", written.to_str().unwrap()]);
+    assert!(
+        text(&back).contains("format:  SDXL clip_l/clip_g")
+            && text(&back).contains("vectors: 2 x 8 (clip_l) + 2 x 16 (clip_g)"),
+        "{}",
+        text(&back)
+    );
+    let one = dir.join("diffusers_multi.safetensors");
+    let out = invert(&[
+        "embedding",
+        "convert",
+        one.to_str().unwrap(),
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(out_dir.join("learned_embeds.safetensors").is_file());
+
+    // diffusers-sdxl into a folder writes both files; either reads back as one embedding.
+    let two = out_dir.join("two");
+    std::fs::create_dir_all(&two).unwrap();
+    let out = invert(&[
+        "embedding",
+        "convert",
+        xl,
+        two.to_str().unwrap(),
+        "--format",
+        "diffusers-sdxl",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("learned_embeds.safetensors + ")
+            && text(&out).contains("learned_embeds_2.safetensors (diffusers-sdxl)"),
+        "{}",
+        text(&out)
+    );
+    let back = invert(&[
+        "embedding",
+        "inspect",
+        two.join("learned_embeds_2.safetensors").to_str().unwrap(),
+    ]);
+    assert!(
+        text(&back).contains("format:  diffusers SDXL (two files)")
+            && text(&back).contains("token:   sdxl_kohya"),
+        "{}",
+        text(&back)
+    );
+    // --help documents the SDXL formats.
+    let help = invert(&["embedding", "convert", "--help"]);
+    assert!(
+        text(&help).contains("diffusers-sdxl") && text(&help).contains("sdxl for SDXL ones"),
+        "{}",
+        text(&help)
+    );
+    let _ = std::fs::remove_dir_all(&out_dir);
 }

@@ -1,15 +1,19 @@
 //! Embedding files: every fixture of `tests/fixtures/embeddings` (made by
 //! `scripts/make_embedding_fixtures.py` with torch) is read and checked against `expected.json`,
-//! the refusals are checked, and every readable embedding round-trips through the three write
-//! formats. `write_outputs_for_python_check` (ignored) writes invert's outputs for
-//! `scripts/check_embedding_outputs.py`, which loads them with torch, safetensors and diffusers.
+//! the refusals are checked, and every readable embedding round-trips through the write formats
+//! of its kind (three for one text encoder, two for SDXL). `write_outputs_for_python_check`
+//! (ignored) writes invert's outputs for `scripts/check_embedding_outputs.py`, which loads them
+//! with torch, safetensors and diffusers (`scripts/check_sdxl_embedding_outputs.py` checks the
+//! SDXL ones, written by `invert embedding convert`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use invert_model::embedding::{
-    EmbeddingError, EmbeddingFormat, EmbeddingMeta, LearnedEmbedding, WriteFormat, check_width,
-    read_embeddings, write_embedding,
+    EmbeddingError, EmbeddingFormat, EmbeddingMeta, LearnedEmbedding, SecondVectors, WriteFormat,
+    check_width, check_widths, embedding_family, read_embeddings, write_embedding,
 };
+use invert_model::weights::safetensors_write::write_safetensors;
 use invert_model::weights::torch_write::{PickleValue, TensorData, write_torch_zip};
 use invert_model::weights::torch_zip::TorchFile;
 use invert_model::weights::{StoredDType, TensorReader};
@@ -50,6 +54,10 @@ fn format_of(name: &str) -> EmbeddingFormat {
         "Kohya" => EmbeddingFormat::Kohya,
         "OneTrainer" => EmbeddingFormat::OneTrainer,
         "Rinongal" => EmbeddingFormat::Rinongal,
+        "Sdxl" => EmbeddingFormat::Sdxl,
+        "DiffusersSdxl" => EmbeddingFormat::DiffusersSdxl,
+        "ClipL" => EmbeddingFormat::ClipL,
+        "LoraBundle" => EmbeddingFormat::LoraBundle,
         other => panic!("unknown format {other}"),
     }
 }
@@ -67,17 +75,43 @@ fn error_kind(e: &EmbeddingError) -> &'static str {
         EmbeddingError::AmbiguousOverride { .. } => "AmbiguousOverride",
         EmbeddingError::Invalid { .. } => "Invalid",
         EmbeddingError::WidthMismatch { .. } => "WidthMismatch",
+        EmbeddingError::ModelMismatch { .. } => "ModelMismatch",
         EmbeddingError::AlreadyExists { .. } => "AlreadyExists",
     }
 }
 
+/// Checks both tables (`want["second"]` describes SDXL's clip_g table) and the notes.
 fn check_values(file: &str, e: &LearnedEmbedding, want: &Value) {
+    check_table(file, e.num_vectors, e.width, &e.vectors, want);
+    match (&e.second, want.get("second")) {
+        (Some(g), Some(w)) => check_table(
+            &format!("{file} (clip_g)"),
+            e.num_vectors,
+            g.width,
+            &g.vectors,
+            w,
+        ),
+        (None, None) => {}
+        (got, _) => panic!("{file}: second table {:?}", got.as_ref().map(|g| g.width)),
+    }
+    if let Some(notes) = want.get("extra_contains").and_then(Value::as_object) {
+        for (k, v) in notes {
+            let have = e.meta.extra.get(k).map(String::as_str).unwrap_or("");
+            assert!(
+                have.contains(v.as_str().unwrap()),
+                "{file}: extra[{k}] = `{have}` lacks `{v}`"
+            );
+        }
+    }
+}
+
+fn check_table(file: &str, n: usize, width: usize, vectors: &[f32], want: &Value) {
     let shape: Vec<usize> = serde_json::from_value(want["shape"].clone()).unwrap();
-    assert_eq!([e.num_vectors, e.width], shape[..], "{file}: shape");
-    assert_eq!(e.vectors.len(), e.num_vectors * e.width, "{file}");
+    assert_eq!([n, width], shape[..], "{file}: shape");
+    assert_eq!(vectors.len(), n * width, "{file}");
     if let Some(values) = want["values"].as_array() {
         let values: Vec<f32> = values.iter().map(|v| v.as_f64().unwrap() as f32).collect();
-        assert_eq!(e.vectors, values, "{file}: values");
+        assert_eq!(vectors, values, "{file}: values");
     } else {
         let head: Vec<f32> = want["head"]
             .as_array()
@@ -85,8 +119,8 @@ fn check_values(file: &str, e: &LearnedEmbedding, want: &Value) {
             .iter()
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
-        assert_eq!(e.vectors[..head.len()], head[..], "{file}: first values");
-        let sum: f64 = e.vectors.iter().map(|&v| v as f64).sum();
+        assert_eq!(vectors[..head.len()], head[..], "{file}: first values");
+        let sum: f64 = vectors.iter().map(|&v| v as f64).sum();
         let want_sum = want["sum"].as_f64().unwrap();
         assert!(
             (sum - want_sum).abs() < 1e-9,
@@ -220,17 +254,49 @@ fn width_check_names_the_families() {
     );
     let msg = check("sdxl_learned_embeds_2.safetensors", 768).unwrap_err();
     assert!(msg.contains("SDXL") && msg.contains("clip_g"), "{msg}");
+
+    // SDXL embeddings against one-encoder and SDXL models, and the reverse.
+    let widths = |file: &str, first: usize, second: Option<usize>| {
+        let path = fixtures().join(file);
+        let e = read_embeddings(&path, None).unwrap().remove(0);
+        check_widths(&e, first, second, &path).map_err(|e| (error_kind(&e), e.to_string()))
+    };
+    let (kind, msg) = check("sdxl_clip_l_g.safetensors", 768)
+        .map_err(|m| ("", m))
+        .unwrap_err();
+    assert_eq!(kind, "");
+    assert!(
+        msg.contains("is an SDXL embedding (1 vector(s) for each of two text encoders, clip_l 768")
+            && msg.contains("has one text encoder, 768 wide")
+            && msg.contains("SDXL embeddings work with SDXL models only"),
+        "{msg}"
+    );
+    widths("sdxl_clip_l_g.safetensors", 768, Some(1280)).unwrap();
+    widths("diffusers_sdxl/learned_embeds.safetensors", 8, Some(16)).unwrap();
+    let (kind, msg) = widths("sdxl_clip_l_g.safetensors", 768, Some(1024)).unwrap_err();
+    assert_eq!(kind, "WidthMismatch");
+    assert!(
+        msg.contains("`sdxl_clip_l_g (clip_g)` is 1280 wide"),
+        "{msg}"
+    );
+    let (kind, msg) = widths("sd1_768.pt", 768, Some(1280)).unwrap_err();
+    assert_eq!(kind, "ModelMismatch");
+    assert!(
+        msg.contains("rows for one text encoder") && msg.contains("learned_embeds_2.safetensors"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn damaged_files_fail_cleanly() {
     let dir = TempDir::new("damaged");
-    for entry in std::fs::read_dir(fixtures()).unwrap() {
-        let src = entry.unwrap().path();
-        let name = src.file_name().unwrap().to_string_lossy().into_owned();
+    for (name, src) in fixture_files() {
         if name.ends_with(".json") || name.ends_with(".md") {
             continue;
         }
+        // The copies' names (`cut8-diffusers_sdxl_learned_embeds.safetensors`) are not
+        // diffusers' two-file names, so each file is read alone.
+        let name = name.replace('/', "_");
         let bytes = std::fs::read(&src).unwrap();
         let len = bytes.len();
         let mut variants: Vec<(String, Vec<u8>)> = [0, 1, 8, 13, 40, len / 3, len / 2, len - 1]
@@ -258,6 +324,38 @@ fn damaged_files_fail_cleanly() {
     }
 }
 
+/// Every fixture file, also those in the folders of diffusers' two-file SDXL form, with its
+/// name relative to the fixture folder.
+fn fixture_files() -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(fixtures()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() {
+            for inner in std::fs::read_dir(&path).unwrap() {
+                let inner = inner.unwrap().path();
+                let file = inner.file_name().unwrap().to_string_lossy().into_owned();
+                out.push((format!("{name}/{file}"), inner));
+            }
+        } else {
+            out.push((name, path));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every file under `dir`, recursively.
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            if p.is_dir() { count_files(&p) } else { 1 }
+        })
+        .sum()
+}
+
 fn all_readable() -> Vec<(String, LearnedEmbedding)> {
     let expected = expected();
     let mut out = Vec::new();
@@ -271,20 +369,40 @@ fn all_readable() -> Vec<(String, LearnedEmbedding)> {
     out
 }
 
+const ONE_ENCODER: [WriteFormat; 3] = [
+    WriteFormat::Diffusers,
+    WriteFormat::A1111,
+    WriteFormat::Kohya,
+];
+const SDXL: [WriteFormat; 2] = [WriteFormat::Sdxl, WriteFormat::DiffusersSdxl];
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Where a round trip writes `format`: the two-file form needs diffusers' names, in a folder
+/// of its own.
+fn out_path(dir: &Path, tag: &str, format: WriteFormat) -> PathBuf {
+    if format == WriteFormat::DiffusersSdxl {
+        let d = dir.join(tag);
+        std::fs::create_dir_all(&d).unwrap();
+        d.join("learned_embeds.safetensors")
+    } else {
+        dir.join(format!("{tag}.out"))
+    }
+}
+
 #[test]
 fn round_trips_through_every_write_format() {
     let dir = TempDir::new("roundtrip");
-    let mut n = 0;
+    let (mut n, mut sdxl) = (0, 0);
     for (file, e) in all_readable() {
-        for (k, format) in [
-            WriteFormat::Diffusers,
-            WriteFormat::A1111,
-            WriteFormat::Kohya,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let out = dir.0.join(format!("{n}-{k}.out"));
+        let (formats, wrong): (&[WriteFormat], _) = match e.second {
+            Some(_) => (&SDXL, WriteFormat::Kohya),
+            None => (&ONE_ENCODER, WriteFormat::Sdxl),
+        };
+        for (k, &format) in formats.iter().enumerate() {
+            let out = out_path(&dir.0, &format!("{n}-{k}"), format);
             write_embedding(&e, &out, format, false).unwrap_or_else(|err| panic!("{file}: {err}"));
             let back = read_embeddings(&out, None).unwrap_or_else(|err| panic!("{file}: {err}"));
             assert_eq!(back.len(), 1, "{file} {format:?}");
@@ -293,6 +411,8 @@ fn round_trips_through_every_write_format() {
                 WriteFormat::Diffusers => EmbeddingFormat::Diffusers,
                 WriteFormat::A1111 => EmbeddingFormat::A1111,
                 WriteFormat::Kohya => EmbeddingFormat::Kohya,
+                WriteFormat::Sdxl => EmbeddingFormat::Sdxl,
+                WriteFormat::DiffusersSdxl => EmbeddingFormat::DiffusersSdxl,
             };
             assert_eq!(b.meta.source_format, want_format, "{file} {format:?}");
             assert_eq!(b.token, e.token, "{file} {format:?}");
@@ -301,10 +421,11 @@ fn round_trips_through_every_write_format() {
                 (e.num_vectors, e.width),
                 "{file} {format:?}"
             );
+            assert_eq!(bits(&b.vectors), bits(&e.vectors), "{file} {format:?}");
             assert_eq!(
-                b.vectors.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                e.vectors.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                "{file} {format:?}: values"
+                b.second.as_ref().map(|g| (g.width, bits(&g.vectors))),
+                e.second.as_ref().map(|g| (g.width, bits(&g.vectors))),
+                "{file} {format:?}: clip_g"
             );
             assert_eq!(b.meta.step, e.meta.step, "{file} {format:?}");
             assert_eq!(b.meta.base_model, e.meta.base_model, "{file} {format:?}");
@@ -313,12 +434,18 @@ fn round_trips_through_every_write_format() {
                 "{file} {format:?}"
             );
         }
+        // The other kind of format is refused, and writes nothing.
+        let out = dir.0.join(format!("{n}-wrong.out"));
+        let err = write_embedding(&e, &out, wrong, false).unwrap_err();
+        assert_eq!(error_kind(&err), "Invalid", "{file}: {err}");
+        assert!(!out.exists(), "{file}");
+        sdxl += usize::from(e.second.is_some());
         n += 1;
     }
-    assert!(n >= 20);
-    // Nothing but the outputs is left behind (no temporary files).
-    let left = std::fs::read_dir(&dir.0).unwrap().count();
-    assert_eq!(left, n * 3);
+    assert!(n >= 30 && sdxl >= 10, "{n} embeddings, {sdxl} SDXL");
+    // Nothing but the outputs is left behind (no temporary files): three files per embedding
+    // either way (diffusers-sdxl writes two).
+    assert_eq!(count_files(&dir.0), n * 3);
 }
 
 fn sample(token: &str, n: usize, width: usize) -> LearnedEmbedding {
@@ -337,6 +464,18 @@ fn sample(token: &str, n: usize, width: usize) -> LearnedEmbedding {
         second: None,
         meta,
     }
+}
+
+/// An SDXL embedding: `sample`'s rows as clip_l, and clip_g rows `width_g` wide.
+fn sample_sdxl(token: &str, n: usize, width_l: usize, width_g: usize) -> LearnedEmbedding {
+    let mut e = sample(token, n, width_l);
+    e.second = Some(SecondVectors {
+        vectors: (0..n * width_g)
+            .map(|i| ((i as f32) * 0.11).cos() * 0.03 - (i % 5) as f32 * 2e-3)
+            .collect(),
+        width: width_g,
+    });
+    e
 }
 
 #[test]
@@ -380,6 +519,211 @@ fn writes_refuse_to_overwrite_and_stay_atomic() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names.len(), 3, "{names:?}");
+}
+
+#[test]
+fn sdxl_writes_refuse_to_overwrite_either_file() {
+    let dir = TempDir::new("sdxl-overwrite");
+    let e = sample_sdxl("<xl>", 2, 8, 16);
+    assert_eq!(WriteFormat::default_for(&e), WriteFormat::Sdxl);
+    assert_eq!(
+        WriteFormat::default_for(&sample("<x>", 1, 8)),
+        WriteFormat::Diffusers
+    );
+    assert_eq!(
+        WriteFormat::Sdxl.default_file_name("<xl>"),
+        "xl.safetensors"
+    );
+    assert_eq!(
+        WriteFormat::DiffusersSdxl.default_file_name("<xl>"),
+        "learned_embeds.safetensors"
+    );
+    let pair = dir.0.join(WriteFormat::Sdxl.default_file_name("<xl>"));
+    std::fs::write(&pair, b"precious").unwrap();
+    let err = write_embedding(&e, &pair, WriteFormat::Sdxl, false).unwrap_err();
+    assert_eq!(error_kind(&err), "AlreadyExists", "{err}");
+    assert_eq!(std::fs::read(&pair).unwrap(), b"precious");
+    write_embedding(&e, &pair, WriteFormat::Sdxl, true).unwrap();
+    assert_eq!(read_embeddings(&pair, None).unwrap()[0], {
+        let mut want = e.clone();
+        want.meta = read_embeddings(&pair, None).unwrap()[0].meta.clone();
+        want
+    });
+
+    // Only the second file of the two exists: it is named, and neither file is written.
+    let two = dir.0.join("two");
+    std::fs::create_dir(&two).unwrap();
+    let first = two.join("learned_embeds.safetensors");
+    let second = two.join("learned_embeds_2.safetensors");
+    std::fs::write(&second, b"precious").unwrap();
+    let err = write_embedding(&e, &first, WriteFormat::DiffusersSdxl, false).unwrap_err();
+    assert_eq!(error_kind(&err), "AlreadyExists", "{err}");
+    assert!(
+        err.to_string().contains("learned_embeds_2.safetensors"),
+        "{err}"
+    );
+    assert!(!first.exists());
+    assert_eq!(std::fs::read(&second).unwrap(), b"precious");
+    write_embedding(&e, &first, WriteFormat::DiffusersSdxl, true).unwrap();
+    for path in [&first, &second] {
+        let back = read_embeddings(path, None).unwrap();
+        assert_eq!(back[0].second, e.second, "{}", path.display());
+        assert_eq!(back[0].vectors, e.vectors);
+    }
+    assert_eq!(count_files(&dir.0), 3, "no temporary files");
+
+    // Steps files pair by their number; a name diffusers does not write is refused.
+    let steps = two.join("learned_embeds-steps-7.safetensors");
+    write_embedding(&e, &steps, WriteFormat::DiffusersSdxl, false).unwrap();
+    let back = read_embeddings(&two.join("learned_embeds_2-steps-7.safetensors"), None).unwrap();
+    assert_eq!(back[0].meta.source_format, EmbeddingFormat::DiffusersSdxl);
+    assert_eq!(back[0].second, e.second);
+    for bad in ["xl.safetensors", "learned_embeds_2.safetensors"] {
+        let path = dir.0.join("elsewhere").join(bad);
+        let err = write_embedding(&e, &path, WriteFormat::DiffusersSdxl, true).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("name the output learned_embeds.safetensors"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn sdxl_writes_keep_each_kind_in_its_formats() {
+    let dir = TempDir::new("sdxl-kinds");
+    let xl = sample_sdxl("<xl>", 1, 8, 16);
+    for format in ONE_ENCODER {
+        let path = dir.0.join(format!("{}.out", format.name()));
+        let msg = write_embedding(&xl, &path, format, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("it is an SDXL embedding") && msg.contains("diffusers-sdxl"),
+            "{msg}"
+        );
+    }
+    let one = sample("<one>", 1, 768);
+    for format in SDXL {
+        let path = dir.0.join("learned_embeds.safetensors");
+        let msg = write_embedding(&one, &path, format, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("rows for one text encoder (768 wide: SD 1.x")
+                && msg.contains("as diffusers, a1111 or kohya"),
+            "{msg}"
+        );
+    }
+    // A clip_g table of the wrong size, and NaN in it, are refused before writing.
+    let mut short = xl.clone();
+    short.second.as_mut().unwrap().vectors.pop();
+    let path = dir.0.join("short.safetensors");
+    let msg = write_embedding(&short, &path, WriteFormat::Sdxl, false)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("clip_g table's 15 values"), "{msg}");
+    let mut nan = xl.clone();
+    nan.second.as_mut().unwrap().vectors[4] = f32::INFINITY;
+    let msg = write_embedding(&nan, &path, WriteFormat::Sdxl, false)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("`<xl> (clip_g)` holds 1 NaN"), "{msg}");
+    assert_eq!(count_files(&dir.0), 0);
+}
+
+#[test]
+fn sdxl_reading_details() {
+    let dir = TempDir::new("sdxl-read");
+    let f = |name: &str| fixtures().join(name);
+    // A token given replaces the file stem of a {clip_l, clip_g} file.
+    let es = read_embeddings(&f("sdxl_kohya.safetensors"), Some("<kohya-xl>")).unwrap();
+    assert_eq!(es[0].token, "<kohya-xl>");
+    assert_eq!(
+        es[0].meta.extra["safetensors.modelspec.architecture"],
+        "stable-diffusion-xl-v1-base/textual-inversion"
+    );
+    // The real widths are named in full.
+    let real = read_embeddings(&f("sdxl_clip_l_g.safetensors"), None)
+        .unwrap()
+        .remove(0);
+    assert!(embedding_family(&real).starts_with("SDXL (clip_l: CLIP ViT-L/14, 768 wide"));
+    assert!(embedding_family(&es[0]).contains("8 + 16 wide text encoders"));
+
+    let tensors = |path: &Path, entries: &[(&str, &[usize])]| {
+        let data: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|(_, shape)| vec![0u8; shape.iter().product::<usize>() * 4])
+            .collect();
+        let list: Vec<_> = entries
+            .iter()
+            .zip(&data)
+            .map(|((name, shape), d)| {
+                (
+                    *name,
+                    invert_model::weights::StoredDType::F32,
+                    *shape,
+                    d.as_slice(),
+                )
+            })
+            .collect();
+        write_safetensors(path, &list, &BTreeMap::new(), true).unwrap();
+    };
+    // Swapped tables.
+    let swapped = dir.0.join("swapped.safetensors");
+    tensors(&swapped, &[("clip_l", &[1, 1280]), ("clip_g", &[1, 768])]);
+    let msg = read_embeddings(&swapped, None).unwrap_err().to_string();
+    assert!(msg.contains("the tables are swapped"), "{msg}");
+    // Only OneTrainer's output tables.
+    let outs = dir.0.join("outs.safetensors");
+    tensors(&outs, &[("clip_l_out", &[1, 8]), ("clip_g_out", &[1, 16])]);
+    let msg = read_embeddings(&outs, None).unwrap_err().to_string();
+    assert!(
+        msg.contains("only OneTrainer's output-side tables"),
+        "{msg}"
+    );
+    // A token merely starting like a table name is a diffusers token.
+    let girl = dir.0.join("girl.safetensors");
+    tensors(&girl, &[("clip_girl", &[1, 8])]);
+    assert_eq!(read_embeddings(&girl, None).unwrap()[0].token, "clip_girl");
+
+    // Two files holding different words are not one embedding; a first file alone is an
+    // ordinary diffusers file.
+    let two = dir.0.join("two");
+    std::fs::create_dir(&two).unwrap();
+    tensors(&two.join("learned_embeds.safetensors"), &[("<a>", &[1, 8])]);
+    let alone = read_embeddings(&two.join("learned_embeds.safetensors"), None).unwrap();
+    assert_eq!(alone[0].meta.source_format, EmbeddingFormat::Diffusers);
+    assert!(alone[0].second.is_none());
+    tensors(
+        &two.join("learned_embeds_2.safetensors"),
+        &[("<b>", &[1, 16])],
+    );
+    let msg = read_embeddings(&two.join("learned_embeds.safetensors"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("are not the two halves of one SDXL embedding: the first holds `<a>`"),
+        "{msg}"
+    );
+
+    // LoRA bundles: tokens from the bundle names; a token given needs one embedding.
+    let err = read_embeddings(&f("lora_bundle_sdxl.safetensors"), Some("x")).unwrap_err();
+    assert_eq!(error_kind(&err), "AmbiguousOverride", "{err}");
+    let bundled = read_embeddings(&f("lora_bundle_sdxl.safetensors"), None).unwrap();
+    assert!(
+        !bundled[0]
+            .meta
+            .extra
+            .keys()
+            .any(|k| k.starts_with("safetensors.ss_")),
+        "kohya's training fields are left out: {:?}",
+        bundled[0].meta.extra
+    );
+    let bad = dir.0.join("bad_bundle.safetensors");
+    tensors(&bad, &[("bundle_emb.nothing", &[1, 8])]);
+    let msg = read_embeddings(&bad, None).unwrap_err().to_string();
+    assert!(msg.contains("is not `bundle_emb.<name>.<tensor>`"), "{msg}");
 }
 
 #[test]

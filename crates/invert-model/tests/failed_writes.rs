@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use invert_model::embedding::{
-    EmbeddingFormat, EmbeddingMeta, LearnedEmbedding, WriteFormat, read_embeddings, write_embedding,
+    EmbeddingFormat, EmbeddingMeta, LearnedEmbedding, SecondVectors, WriteFormat, read_embeddings,
+    write_embedding,
 };
 use invert_model::weights::safetensors_write::write_atomic;
 
@@ -99,6 +100,17 @@ fn embedding(token: &str, vectors: usize, width: usize, value: f32) -> LearnedEm
     }
 }
 
+/// An SDXL embedding: clip_l rows `width` wide, clip_g rows twice as wide.
+fn sdxl_embedding(token: &str, vectors: usize, width: usize, value: f32) -> LearnedEmbedding {
+    LearnedEmbedding {
+        second: Some(SecondVectors {
+            vectors: vec![-value; vectors * width * 2],
+            width: width * 2,
+        }),
+        ..embedding(token, vectors, width, value)
+    }
+}
+
 /// Checks the failure and that `path` still holds `before` and nothing else was left.
 fn assert_untouched(folder: &Folder, path: &Path, before: &[u8], names: &[String], msg: &str) {
     assert!(
@@ -147,6 +159,19 @@ fn full_disk_fails_cleanly_and_keeps_the_previous_file() {
     assert!(msg.contains("No space left on device"), "{msg}");
     assert_untouched(&folder, &path, &before, &names, &msg);
 
+    // diffusers' two SDXL files: both are flushed before either is put in place, so neither
+    // the first (the previous file) nor the second (new) appears changed.
+    let big = sdxl_embedding("<new>", 75, 1024, 0.25);
+    let err = write_embedding(&big, &path, WriteFormat::DiffusersSdxl, true).unwrap_err();
+    let msg = err.to_string();
+    eprintln!("full disk, two files: {msg}");
+    assert!(msg.contains("No space left on device"), "{msg}");
+    // The message names the file that could not be written (the second, staged first).
+    let second = folder.path.join("learned_embeds_2.safetensors");
+    assert!(msg.contains(&*second.to_string_lossy()), "{msg}");
+    assert!(!second.exists());
+    assert_untouched(&folder, &path, &before, &names, &path.display().to_string());
+
     // The same through the bare primitive every writer uses.
     let err = write_atomic(&path, &vec![1u8; 200_000], true).unwrap_err();
     assert_untouched(&folder, &path, &before, &names, &err.to_string());
@@ -182,9 +207,15 @@ fn read_only_folder_fails_cleanly_and_keeps_the_previous_file() {
         WriteFormat::Diffusers,
         WriteFormat::A1111,
         WriteFormat::Kohya,
+        WriteFormat::Sdxl,
+        WriteFormat::DiffusersSdxl,
     ] {
-        let err =
-            write_embedding(&embedding("<new>", 2, 32, 1.0), &path, format, true).unwrap_err();
+        let e = if format.is_sdxl() {
+            sdxl_embedding("<new>", 2, 32, 1.0)
+        } else {
+            embedding("<new>", 2, 32, 1.0)
+        };
+        let err = write_embedding(&e, &path, format, true).unwrap_err();
         let msg = err.to_string();
         eprintln!("read-only folder ({format:?}): {msg}");
         assert!(

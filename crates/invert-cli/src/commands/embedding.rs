@@ -1,5 +1,6 @@
 //! `invert embedding inspect|convert`: read any textual-inversion file (diffusers, A1111 `.pt`
-//! and PNG, kohya, OneTrainer, rinongal), describe it, and write it in another tool's format.
+//! and PNG, kohya, OneTrainer, rinongal; SDXL `{clip_l, clip_g}` and diffusers' two SDXL files;
+//! embeddings bundled in LoRA files), describe it, and write it in another tool's format.
 
 use std::path::{Path, PathBuf};
 
@@ -7,7 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use clap::{Args, Subcommand, ValueEnum};
 use invert_model::embedding::{
-    LearnedEmbedding, WriteFormat, check_width, read_embeddings, width_family, write_embedding,
+    LearnedEmbedding, WriteFormat, check_width, embedding_family, read_embeddings, write_embedding,
 };
 use invert_model::loading::{Parts, load};
 use invert_model::vocabulary::Vocabulary;
@@ -16,19 +17,22 @@ use super::model::ModelArgs;
 
 #[derive(Subcommand)]
 pub enum EmbeddingCommand {
-    /// Describe embedding files: format, token, vectors, width, norms; with --model, the
-    /// width check and each vector's nearest vocabulary words.
+    /// Describe embedding files: format, token, vectors, width, norms (both tables of an SDXL
+    /// embedding); with --model, the width check and each vector's nearest vocabulary words.
     Inspect(InspectArgs),
-    /// Convert an embedding to another tool's format.
+    /// Convert an embedding to another tool's format (SDXL embeddings to the SDXL formats).
     Convert(ConvertArgs),
 }
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// Embedding files (.safetensors, .bin, .pt, .png).
+    /// Embedding files (.safetensors, .bin, .pt, .png, LoRA files with bundled embeddings).
+    /// Either file of diffusers' SDXL pair (learned_embeds[_2].safetensors) reads both.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// A model to check the width against and find nearest words in (only its text encoder is read).
+    /// A model to check the width against and find nearest words in (only its text encoder is
+    /// read). SDXL models are recognised but not loaded yet: their checks come with SDXL
+    /// model loading.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Architecture for a single-file --model (see `invert model info --help`).
@@ -47,14 +51,36 @@ pub enum Format {
     A1111,
     /// kohya sd-scripts `emb_params` safetensors.
     Kohya,
+    /// SDXL in one file, {clip_l: [n, 768], clip_g: [n, 1280]} safetensors, as kohya,
+    /// OneTrainer and invoke-training write it; read by A1111, ComfyUI, invert.
+    Sdxl,
+    /// SDXL as diffusers' textual_inversion_sdxl.py writes it: OUTPUT is learned_embeds.safetensors
+    /// (clip_l; or a folder to write it in) and learned_embeds_2.safetensors (clip_g) is written
+    /// next to it.
+    DiffusersSdxl,
+}
+
+impl From<Format> for WriteFormat {
+    fn from(f: Format) -> WriteFormat {
+        match f {
+            Format::Diffusers => WriteFormat::Diffusers,
+            Format::A1111 => WriteFormat::A1111,
+            Format::Kohya => WriteFormat::Kohya,
+            Format::Sdxl => WriteFormat::Sdxl,
+            Format::DiffusersSdxl => WriteFormat::DiffusersSdxl,
+        }
+    }
 }
 
 #[derive(Args)]
 pub struct ConvertArgs {
     pub input: PathBuf,
+    /// The file to write, or an existing folder to write the format's usual file name in.
     pub output: PathBuf,
+    /// Output format [default: diffusers for SD 1.x/2.x embeddings, sdxl for SDXL ones].
+    /// SDXL embeddings go to sdxl or diffusers-sdxl only, others to diffusers, a1111 or kohya.
     #[arg(long, value_enum)]
-    pub format: Format,
+    pub format: Option<Format>,
     /// Token name to store (default: the one in the file, else its file name).
     #[arg(long)]
     pub token: Option<String>,
@@ -108,16 +134,28 @@ fn load_text_model(model: &Path, config: Option<PathBuf>) -> Result<TextModel> {
     Ok(TextModel { table, vocabulary })
 }
 
-fn describe(path: &Path, e: &LearnedEmbedding, model: Option<&TextModel>, nearest: usize) {
+/// What `--model` gave: its text encoder, or a note that it is SDXL (not loaded yet).
+enum ModelCheck {
+    Loaded(Box<TextModel>),
+    Sdxl(String),
+}
+
+/// `n x d`, or for SDXL both tables.
+fn shape_text(e: &LearnedEmbedding) -> String {
+    match &e.second {
+        None => format!("{} x {}", e.num_vectors, e.width),
+        Some(g) => format!(
+            "{} x {} (clip_l) + {} x {} (clip_g)",
+            e.num_vectors, e.width, e.num_vectors, g.width
+        ),
+    }
+}
+
+fn describe(path: &Path, e: &LearnedEmbedding, model: Option<&ModelCheck>, nearest: usize) {
     println!("{}", path.display());
     println!("  format:  {}", e.meta.source_format);
     println!("  token:   {}", e.token);
-    println!(
-        "  vectors: {} x {} ({})",
-        e.num_vectors,
-        e.width,
-        width_family(e.width)
-    );
+    println!("  vectors: {} ({})", shape_text(e), embedding_family(e));
     if let Some(step) = e.meta.step {
         println!("  step:    {step}");
     }
@@ -134,32 +172,72 @@ fn describe(path: &Path, e: &LearnedEmbedding, model: Option<&TextModel>, neares
     for (k, v) in &e.meta.extra {
         println!("  {k}: {v}");
     }
-    if let Some(Err(err)) = model.map(|m| check_width(e, m.vocabulary.width(), path)) {
-        println!("  model:   {err}");
-    }
-    for i in 0..e.num_vectors {
-        let v = e.vector(i);
-        print!("  vector {i}: |v| = {:.4}", norm(v));
-        if let Some(m) = model.filter(|m| m.vocabulary.width() == e.width) {
-            let words: Vec<String> = m
-                .vocabulary
-                .nearest_words(&m.table, v, nearest)
-                .into_iter()
-                .map(|(w, c)| format!("{w} ({c:.3})"))
-                .collect();
-            print!("; nearest: {}", words.join(", "));
+    let text = match model {
+        Some(ModelCheck::Loaded(m)) => {
+            if let Err(err) = check_width(e, m.vocabulary.width(), path) {
+                println!("  model:   {err}");
+            }
+            Some(m)
         }
-        println!();
+        Some(ModelCheck::Sdxl(note)) => {
+            println!("  model:   {note}");
+            None
+        }
+        None => None,
+    };
+    // Nearest words where a table is as wide as the model's vocabulary (SDXL's clip_l rows
+    // live in the same CLIP ViT-L vocabulary as SD 1.x's).
+    let tables: Vec<(&str, &[f32], usize)> = match &e.second {
+        None => vec![("", &e.vectors, e.width)],
+        Some(g) => vec![
+            ("clip_l ", &e.vectors, e.width),
+            ("clip_g ", &g.vectors, g.width),
+        ],
+    };
+    for (label, vectors, width) in tables {
+        for (i, v) in vectors.chunks(width).enumerate() {
+            print!("  {label}vector {i}: |v| = {:.4}", norm(v));
+            if let Some(m) = text.filter(|m| m.vocabulary.width() == width) {
+                let words: Vec<String> = m
+                    .vocabulary
+                    .nearest_words(&m.table, v, nearest)
+                    .into_iter()
+                    .map(|(w, c)| format!("{w} ({c:.3})"))
+                    .collect();
+                print!("; nearest: {}", words.join(", "));
+            }
+            println!();
+        }
     }
 }
 
+/// Whether `model` is an SDXL diffusers folder (or a Hugging Face cache folder of one): it has
+/// a `text_encoder_2`. Single-file SDXL checkpoints are refused by the loader itself.
+fn is_sdxl_folder(model: &Path) -> bool {
+    let has = |d: &Path| d.join("text_encoder_2").is_dir();
+    has(model)
+        || std::fs::read_dir(model.join("snapshots"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| has(&e.path()))
+}
+
 fn inspect(args: InspectArgs) -> Result<()> {
-    let model = args
-        .model
-        .as_deref()
-        .map(|m| load_text_model(m, args.config.clone()))
-        .transpose()?;
-    if let Some(m) = &model {
+    let model = match args.model.as_deref() {
+        Some(m) if is_sdxl_folder(m) => Some(ModelCheck::Sdxl(format!(
+            "{} is an SDXL model; checking embeddings against SDXL models (both widths, \
+             nearest words for clip_l and clip_g) comes with SDXL model loading, which this \
+             invert does not do yet",
+            m.display()
+        ))),
+        Some(m) => Some(ModelCheck::Loaded(Box::new(load_text_model(
+            m,
+            args.config.clone(),
+        )?))),
+        None => None,
+    };
+    if let Some(ModelCheck::Loaded(m)) = &model {
         let norms = m.table.clone().powf_scalar(2.0).sum_dim(1).sqrt();
         println!(
             "model vocabulary: mean |row| = {:.4} (learned vectors far above it tend to dominate prompts)",
@@ -197,21 +275,31 @@ fn convert(args: ConvertArgs) -> Result<()> {
         ));
     }
     let e = embeddings.remove(0);
-    let format = match args.format {
-        Format::Diffusers => WriteFormat::Diffusers,
-        Format::A1111 => WriteFormat::A1111,
-        Format::Kohya => WriteFormat::Kohya,
+    let format = args
+        .format
+        .map(WriteFormat::from)
+        .unwrap_or_else(|| WriteFormat::default_for(&e));
+    let output = if args.output.is_dir() {
+        args.output.join(format.default_file_name(&e.token))
+    } else {
+        args.output.clone()
     };
-    write_embedding(&e, &args.output, format, args.overwrite)
-        .with_context(|| format!("writing {}", args.output.display()))?;
+    write_embedding(&e, &output, format, args.overwrite)
+        .with_context(|| format!("writing {}", output.display()))?;
+    let written: Vec<String> = format
+        .files(&output)
+        .unwrap_or_else(|| vec![output.clone()])
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     println!(
-        "{} ({}, token {}, {} x {}) -> {}",
+        "{} ({}, token {}, {}) -> {} ({})",
         args.input.display(),
         e.meta.source_format,
         e.token,
-        e.num_vectors,
-        e.width,
-        args.output.display()
+        shape_text(&e),
+        written.join(" + "),
+        format.name()
     );
     Ok(())
 }

@@ -1,8 +1,12 @@
-//! Textual-inversion embedding files: reading every format in use, writing three of them.
+//! Textual-inversion embedding files: reading every format in use, writing five of them.
 //!
 //! Read ([`read_embeddings`], format detected from the content, never the extension):
 //! - diffusers: `{token: [n, d]}` or `{token: [d]}` in `.safetensors`, or a torch pickle
 //!   (`.bin`/`.pt`) that may hold several tokens; a bare pickled tensor takes the file stem;
+//! - diffusers' SDXL trainer (`textual_inversion_sdxl.py`): `learned_embeds.safetensors`
+//!   (`{token: [n, 768]}`, text_encoder) and `learned_embeds_2.safetensors` (`{token: [n, 1280]}`,
+//!   text_encoder_2), also as `learned_embeds[_2]-steps-N.safetensors`: reading either file
+//!   reads both and returns one SDXL embedding (the second alone is refused: it is half of one);
 //! - A1111 `.pt` (`string_to_token`, `string_to_param` as a dict or `ParameterDict`, `name`,
 //!   `step`, `sd_checkpoint`, `sd_checkpoint_name`), torch zip or legacy pickle;
 //! - A1111 embedding images (`.png`): the `sd-ti-embedding` tEXt/zTXt/iTXt chunk (base64 of a
@@ -11,23 +15,36 @@
 //! - kohya sd-scripts and invoke-training: `{"emb_params": [n, d]}` (`.pt` or `.safetensors`);
 //! - OneTrainer: `{"emp_params": [n, d]}`; its `emp_params_out` (output-side embeddings for
 //!   models that have them) is ignored and the returned embedding says so in `meta.extra`;
+//! - SDXL `{"clip_l": [n, 768], "clip_g": [n, 1280]}` (kohya, OneTrainer with its ignored
+//!   `clip_l_out`/`clip_g_out`, invoke-training, diffusers' advanced pivotal-tuning script) in
+//!   `.safetensors` or a torch `.pt`: one embedding with [`LearnedEmbedding::second`] set;
+//!   `{"clip_l": [n, d]}` alone (diffusers' advanced SD 1.5 script) is a one-encoder embedding;
+//! - embeddings bundled in LoRA files (`bundle_emb.<name>.<tensor>`, written by OneTrainer and
+//!   kohya's bundling script, read by A1111/Forge): one embedding per `<name>`, each laid out as
+//!   one of the formats above; the LoRA weights are ignored with a note (invert applies no LoRA);
 //! - rinongal/textual_inversion: `string_to_param` `ParameterDict` (merged files with several
 //!   placeholders give one embedding per placeholder, named by the placeholder).
 //!
-//! Refused with a message saying why: SDXL `{clip_l, clip_g}` files (invert trains SD 1.x/2.x),
-//! kohya XTI (P+) files (16 per-block token sets), integer tensors, tensors of rank other than
-//! 1 or 2, more than [`MAX_VECTORS`] vectors, and NaN/infinite values.
+//! Refused with a message saying why and what to do: half an SDXL embedding (`clip_g` without
+//! `clip_l`, `learned_embeds_2` without `learned_embeds`), SDXL tables with different vector
+//! counts, Flux/SD3 files (`t5`), LoRA files without bundled embeddings, kohya XTI (P+) files
+//! (16 per-block token sets), integer tensors, tensors of rank other than 1 or 2, more than
+//! [`MAX_VECTORS`] vectors, and NaN/infinite values.
 //!
 //! Write ([`write_embedding`]): diffusers safetensors, A1111 `.pt` (a torch zip written without
-//! torch) and kohya safetensors; writes are atomic and never overwrite unless asked.
+//! torch), kohya safetensors (one text encoder); for SDXL the `{clip_l, clip_g}` safetensors of
+//! kohya/OneTrainer/invoke-training ([`WriteFormat::default_for`] picks it) and diffusers' two
+//! files. Writes are atomic and never overwrite unless asked.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::weights::{StoredDType, WeightError};
 
+mod bundle;
 mod png_embed;
 mod read;
+mod sdxl;
 mod write;
 
 pub use read::read_embeddings;
@@ -61,6 +78,17 @@ pub enum EmbeddingFormat {
     OneTrainer,
     /// rinongal/textual_inversion (the paper's code) `string_to_param` `ParameterDict`.
     Rinongal,
+    /// SDXL `{"clip_l": [n, 768], "clip_g": [n, 1280]}`: kohya sd-scripts, OneTrainer,
+    /// invoke-training, diffusers' advanced (pivotal tuning) SDXL script.
+    Sdxl,
+    /// diffusers' `textual_inversion_sdxl.py`: `learned_embeds.safetensors` (clip_l) and
+    /// `learned_embeds_2.safetensors` (clip_g), read together.
+    DiffusersSdxl,
+    /// `{"clip_l": [n, d]}` alone: diffusers' advanced SD 1.5 script (one text encoder).
+    ClipL,
+    /// Bundled in a LoRA file as `bundle_emb.<name>.*` (OneTrainer, kohya's bundling script);
+    /// `meta.extra["bundle_layout"]` names the layout inside.
+    LoraBundle,
 }
 
 impl EmbeddingFormat {
@@ -72,6 +100,10 @@ impl EmbeddingFormat {
             EmbeddingFormat::Kohya => "kohya",
             EmbeddingFormat::OneTrainer => "OneTrainer",
             EmbeddingFormat::Rinongal => "rinongal",
+            EmbeddingFormat::Sdxl => "SDXL clip_l/clip_g",
+            EmbeddingFormat::DiffusersSdxl => "diffusers SDXL (two files)",
+            EmbeddingFormat::ClipL => "clip_l",
+            EmbeddingFormat::LoraBundle => "LoRA bundle",
         }
     }
 }
@@ -155,15 +187,14 @@ pub enum EmbeddingError {
     #[error(
         "{path}: not an embedding file invert recognises ({reason}). invert reads diffusers \
          (.safetensors/.bin), A1111 (.pt and .png embedding images), kohya/invoke-training \
-         (emb_params), OneTrainer (emp_params) and rinongal (.pt) embeddings; check that this \
-         is the embedding file and not a model or an image"
+         (emb_params), OneTrainer (emp_params), rinongal (.pt) and SDXL (clip_l + clip_g, or \
+         learned_embeds + learned_embeds_2) embeddings, and embeddings bundled in LoRA files; \
+         check that this is the embedding file and not a model or an image"
     )]
     UnknownFormat { path: PathBuf, reason: String },
-    #[error(
-        "{path}: this is an SDXL embedding ({keys}); invert supports Stable Diffusion 1.x and \
-         2.x only. Use an embedding trained for SD 1.x/2.x (or train one with invert)"
-    )]
-    Sdxl { path: PathBuf, keys: String },
+    /// An SDXL embedding that cannot be used as it is: half of one, or tables that disagree.
+    #[error("{path}: not a usable SDXL embedding: {reason}")]
+    Sdxl { path: PathBuf, reason: String },
     #[error(
         "{path}: this is a kohya XTI (P+) embedding: 16 token sets, one per U-Net block \
          ({keys}); invert supports ordinary textual inversion (one token set for the text \
@@ -227,6 +258,15 @@ pub enum EmbeddingError {
         model_width: usize,
         model_family: String,
     },
+    /// An SDXL embedding for a model with one text encoder, or the reverse.
+    #[error("{path}: the embedding `{token}` is {embedding}, but the loaded model {model}. {fix}")]
+    ModelMismatch {
+        path: PathBuf,
+        token: String,
+        embedding: String,
+        model: String,
+        fix: String,
+    },
     #[error(
         "{path}: already exists; invert does not overwrite files unless asked (allow \
          overwriting, or choose another file name)"
@@ -239,30 +279,101 @@ pub fn width_family(width: usize) -> String {
     match width {
         768 => "SD 1.x (CLIP ViT-L/14, 768 wide)".into(),
         1024 => "SD 2.x (OpenCLIP ViT-H/14, 1024 wide)".into(),
-        1280 => "SDXL's second text encoder (clip_g, 1280 wide) or the original LDM 1.4B \
-                 (BERT, 1280 wide); invert supports neither"
+        1280 => "SDXL's second text encoder (clip_g, OpenCLIP ViT-bigG/14, 1280 wide) or the \
+                 original LDM 1.4B (BERT, 1280 wide)"
             .into(),
-        w => format!("a {w}-wide text encoder (not a Stable Diffusion 1.x/2.x model)"),
+        w => format!("a {w}-wide text encoder (not Stable Diffusion 1.x, 2.x or SDXL)"),
     }
 }
 
-/// Checks that `e` fits a text encoder of width `text_width`; `path` is the embedding's file.
+/// What `e` was made for: [`width_family`] of its width, or for an SDXL embedding both tables.
+pub fn embedding_family(e: &LearnedEmbedding) -> String {
+    match &e.second {
+        None => width_family(e.width),
+        Some(g) if (e.width, g.width) == (768, 1280) => "SDXL (clip_l: CLIP ViT-L/14, 768 wide; \
+             clip_g: OpenCLIP ViT-bigG/14, 1280 wide)"
+            .into(),
+        Some(g) => format!(
+            "an SDXL-style model with {} + {} wide text encoders (SDXL's are 768 + 1280)",
+            e.width, g.width
+        ),
+    }
+}
+
+/// Checks that `e` fits a model with one text encoder of width `text_width` (SD 1.x/2.x);
+/// `path` is the embedding's file. An SDXL embedding never does. Same as
+/// `check_widths(e, text_width, None, path)`.
 pub fn check_width(
     e: &LearnedEmbedding,
     text_width: usize,
     path: &Path,
 ) -> Result<(), EmbeddingError> {
-    if e.width == text_width {
-        return Ok(());
-    }
-    Err(EmbeddingError::WidthMismatch {
+    check_widths(e, text_width, None, path)
+}
+
+/// Checks that `e` fits a model whose (first) text encoder is `first` wide and whose second
+/// one, for SDXL, is `second` wide (`None`: the model has one text encoder). A one-encoder
+/// embedding does not fit an SDXL model, nor an SDXL embedding a one-encoder model: A1111 skips
+/// both (its width check compares 768 + 1280 with the model's), diffusers cannot load either
+/// without splitting them by hand.
+pub fn check_widths(
+    e: &LearnedEmbedding,
+    first: usize,
+    second: Option<usize>,
+    path: &Path,
+) -> Result<(), EmbeddingError> {
+    let mismatch = |embedding: String, model: String, fix: &str| EmbeddingError::ModelMismatch {
         path: path.to_path_buf(),
         token: e.token.clone(),
-        width: e.width,
-        family: width_family(e.width),
-        model_width: text_width,
-        model_family: width_family(text_width),
-    })
+        embedding,
+        model,
+        fix: fix.into(),
+    };
+    let width = |token: String, width: usize, model_width: usize| {
+        if width == model_width {
+            return Ok(());
+        }
+        Err(EmbeddingError::WidthMismatch {
+            path: path.to_path_buf(),
+            token,
+            width,
+            family: width_family(width),
+            model_width,
+            model_family: width_family(model_width),
+        })
+    };
+    match (&e.second, second) {
+        (None, None) => width(e.token.clone(), e.width, first),
+        (Some(g), None) => Err(mismatch(
+            format!(
+                "an SDXL embedding ({} vector(s) for each of two text encoders, clip_l {} wide \
+                 and clip_g {} wide)",
+                e.num_vectors, e.width, g.width
+            ),
+            format!(
+                "has one text encoder, {first} wide ({})",
+                width_family(first)
+            ),
+            "SDXL embeddings work with SDXL models only: load an SDXL model, or use an \
+             embedding trained for the loaded model's family",
+        )),
+        (None, Some(model_g)) => Err(mismatch(
+            format!(
+                "{} wide, rows for one text encoder ({})",
+                e.width,
+                width_family(e.width)
+            ),
+            format!("is SDXL-style, with two text encoders ({first} + {model_g} wide)"),
+            "An SDXL embedding holds rows for both (clip_l and clip_g): use one trained for \
+             SDXL. diffusers' SDXL trainer writes them as two files: keep \
+             learned_embeds_2.safetensors next to learned_embeds.safetensors and invert reads \
+             both",
+        )),
+        (Some(g), Some(model_g)) => {
+            width(format!("{} (clip_l)", e.token), e.width, first)?;
+            width(format!("{} (clip_g)", e.token), g.width, model_g)
+        }
+    }
 }
 
 /// Checks the shape and values of one tensor and builds the embedding.
@@ -347,20 +458,28 @@ pub(crate) fn check_dtype(
     }
 }
 
-/// Refuses NaN and infinite values.
+/// Refuses NaN and infinite values, in both tables of an SDXL embedding (the second named as
+/// `token (clip_g)` in the message).
 pub(crate) fn check_finite(path: &Path, e: &LearnedEmbedding) -> Result<(), EmbeddingError> {
-    let count = e.vectors.iter().filter(|v| !v.is_finite()).count();
-    if count == 0 {
-        return Ok(());
+    let table = |token: String, values: &[f32], width: usize| {
+        let count = values.iter().filter(|v| !v.is_finite()).count();
+        if count == 0 {
+            return Ok(());
+        }
+        let first = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
+        Err(EmbeddingError::NonFinite {
+            path: path.to_path_buf(),
+            token,
+            count,
+            vector: first / width.max(1),
+            element: first % width.max(1),
+        })
+    };
+    table(e.token.clone(), &e.vectors, e.width)?;
+    match &e.second {
+        Some(g) => table(format!("{} (clip_g)", e.token), &g.vectors, g.width),
+        None => Ok(()),
     }
-    let first = e.vectors.iter().position(|v| !v.is_finite()).unwrap_or(0);
-    Err(EmbeddingError::NonFinite {
-        path: path.to_path_buf(),
-        token: e.token.clone(),
-        count,
-        vector: first / e.width.max(1),
-        element: first % e.width.max(1),
-    })
 }
 
 /// The file name without its extension, as A1111 names embeddings.

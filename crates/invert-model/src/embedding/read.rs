@@ -6,12 +6,12 @@ use std::io::Read;
 use std::path::Path;
 
 use super::{
-    EmbeddingError, EmbeddingFormat, EmbeddingMeta, LearnedEmbedding, build_embedding, check_dtype,
-    check_shape, file_stem, png_embed,
+    EmbeddingError, EmbeddingFormat, EmbeddingMeta, LearnedEmbedding, build_embedding, bundle,
+    check_dtype, check_shape, file_stem, png_embed, sdxl,
 };
-use crate::weights::TensorReader;
 use crate::weights::safetensors_file::SafetensorsFile;
 use crate::weights::torch_zip::{TorchFile, is_torch_file};
+use crate::weights::{TensorMeta, TensorReader};
 
 /// The 16 keys of a kohya XTI file: one token set per U-Net cross-attention block (SD 1.x).
 pub(crate) const XTI_KEYS: [&str; 16] = [
@@ -68,70 +68,16 @@ fn sniff(head: &[u8], file_len: u64) -> Kind {
 
 /// Reads every embedding in `path`. The format is detected from the content. `token_override`
 /// replaces the token name (only for files holding one embedding); otherwise the name comes
-/// from the file where it has one (the diffusers key, A1111's `name`, invert's metadata) and
-/// from the file stem where it does not (kohya, OneTrainer, rinongal, bare tensors).
+/// from the file where it has one (the diffusers key, A1111's `name`, invert's metadata, a LoRA
+/// bundle's `<name>`) and from the file stem where it does not (kohya, OneTrainer, rinongal,
+/// SDXL `{clip_l, clip_g}` files without metadata, bare tensors). Either file of diffusers'
+/// two-file SDXL form reads both (see the module docs).
 pub fn read_embeddings(
     path: &Path,
     token_override: Option<&str>,
 ) -> Result<Vec<LearnedEmbedding>, EmbeddingError> {
-    let io = |source| EmbeddingError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let file_len = file.metadata().map_err(io)?.len();
-    let mut head = Vec::with_capacity(64);
-    file.by_ref().take(64).read_to_end(&mut head).map_err(io)?;
-    drop(file);
-    let mut embeddings = match sniff(&head, file_len) {
-        Kind::Png => png_embed::read_png(path)?,
-        Kind::OtherImage(kind) => {
-            return Err(EmbeddingError::UnknownFormat {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "a {kind} image; invert reads A1111 embedding images only as PNG: open it \
-                     in A1111 (or convert it to PNG keeping its metadata) and use the .pt"
-                ),
-            });
-        }
-        Kind::Safetensors => {
-            let f = SafetensorsFile::open(path)?;
-            let metadata = f
-                .metadata()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            from_container(&Container {
-                reader: &f,
-                ints: BTreeMap::new(),
-                strs: BTreeMap::new(),
-                metadata,
-            })?
-        }
-        Kind::Torch => {
-            let f = TorchFile::open(path)?;
-            let ints = f
-                .int_names()
-                .filter_map(|n| Some((n.to_owned(), f.int_value(n)?)))
-                .collect();
-            let strs = f
-                .str_names()
-                .filter_map(|n| Some((n.to_owned(), f.str_value(n)?.to_owned())))
-                .collect();
-            from_container(&Container {
-                reader: &f,
-                ints,
-                strs,
-                metadata: BTreeMap::new(),
-            })?
-        }
-        Kind::Unknown(reason) => {
-            return Err(EmbeddingError::UnknownFormat {
-                path: path.to_path_buf(),
-                reason,
-            });
-        }
-    };
+    let embeddings = read_file(path)?;
+    let mut embeddings = sdxl::pair_two_files(path, embeddings)?;
     if let Some(token) = token_override {
         if embeddings.len() > 1 {
             return Err(EmbeddingError::AmbiguousOverride {
@@ -155,6 +101,64 @@ pub fn read_embeddings(
     Ok(embeddings)
 }
 
+/// Reads every embedding of one file, without looking at the files next to it.
+pub(super) fn read_file(path: &Path) -> Result<Vec<LearnedEmbedding>, EmbeddingError> {
+    let io = |source| EmbeddingError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let mut head = Vec::with_capacity(64);
+    file.by_ref().take(64).read_to_end(&mut head).map_err(io)?;
+    drop(file);
+    let container = |reader: &dyn TensorReader, ints, strs, metadata| {
+        from_container(&Container {
+            reader,
+            prefix: String::new(),
+            token: None,
+            ints,
+            strs,
+            metadata,
+        })
+    };
+    match sniff(&head, file_len) {
+        Kind::Png => png_embed::read_png(path),
+        Kind::OtherImage(kind) => Err(EmbeddingError::UnknownFormat {
+            path: path.to_path_buf(),
+            reason: format!(
+                "a {kind} image; invert reads A1111 embedding images only as PNG: open it \
+                 in A1111 (or convert it to PNG keeping its metadata) and use the .pt"
+            ),
+        }),
+        Kind::Safetensors => {
+            let f = SafetensorsFile::open(path)?;
+            let metadata = f
+                .metadata()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            container(&f, BTreeMap::new(), BTreeMap::new(), metadata)
+        }
+        Kind::Torch => {
+            let f = TorchFile::open(path)?;
+            let ints = f
+                .int_names()
+                .filter_map(|n| Some((n.to_owned(), f.int_value(n)?)))
+                .collect();
+            let strs = f
+                .str_names()
+                .filter_map(|n| Some((n.to_owned(), f.str_value(n)?.to_owned())))
+                .collect();
+            container(&f, ints, strs, BTreeMap::new())
+        }
+        Kind::Unknown(reason) => Err(EmbeddingError::UnknownFormat {
+            path: path.to_path_buf(),
+            reason,
+        }),
+    }
+}
+
 fn token_list(es: &[LearnedEmbedding]) -> String {
     es.iter()
         .map(|e| format!("`{}`", e.token))
@@ -162,46 +166,84 @@ fn token_list(es: &[LearnedEmbedding]) -> String {
         .join(", ")
 }
 
-/// A tensor file's contents, whatever the container.
-struct Container<'a> {
-    reader: &'a dyn TensorReader,
+/// A tensor file's contents, whatever the container; or one entry of a LoRA bundle, whose
+/// tensors are the file's under `prefix` (`bundle_emb.<name>.`), seen without it.
+pub(super) struct Container<'a> {
+    pub(super) reader: &'a dyn TensorReader,
+    /// What this view's names lack of the file's: empty for the whole file.
+    pub(super) prefix: String,
+    /// The name the embeddings here are given before the file stem (a bundle entry's name).
+    pub(super) token: Option<String>,
     /// Integer and string leaves of a pickle, by dotted name.
-    ints: BTreeMap<String, i64>,
-    strs: BTreeMap<String, String>,
+    pub(super) ints: BTreeMap<String, i64>,
+    pub(super) strs: BTreeMap<String, String>,
     /// safetensors `__metadata__`.
-    metadata: BTreeMap<String, String>,
+    pub(super) metadata: BTreeMap<String, String>,
 }
 
 impl Container<'_> {
-    fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         self.reader.path()
     }
 
+    /// The tensor names of this view, sorted, without the prefix.
+    pub(super) fn names(&self) -> Vec<String> {
+        self.reader
+            .names()
+            .into_iter()
+            .filter_map(|n| n.strip_prefix(&self.prefix).map(str::to_owned))
+            .collect()
+    }
+
+    /// The name a tensor has in the file (for reading it and for messages).
+    pub(super) fn full_name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    pub(super) fn tensor_meta(&self, name: &str) -> Option<&TensorMeta> {
+        self.reader.meta(&self.full_name(name))
+    }
+
+    /// The token for a format that stores none: the bundle entry's name, invert's `token`
+    /// metadata, else the file stem (as A1111 and ComfyUI name embeddings).
+    pub(super) fn default_token(&self) -> String {
+        self.token
+            .clone()
+            .or_else(|| {
+                self.metadata
+                    .get("token")
+                    .filter(|t| !t.trim().is_empty())
+                    .cloned()
+            })
+            .unwrap_or_else(|| file_stem(self.path()))
+    }
+
     /// Reads one tensor as an embedding, validating dtype and shape before reading its data.
-    fn embedding(
+    pub(super) fn embedding(
         &self,
         tensor: &str,
         token: String,
         meta: EmbeddingMeta,
     ) -> Result<LearnedEmbedding, EmbeddingError> {
         let path = self.path();
+        let tensor = self.full_name(tensor);
         let m = self
             .reader
-            .meta(tensor)
+            .meta(&tensor)
             .ok_or_else(|| EmbeddingError::Invalid {
                 path: path.to_path_buf(),
                 reason: format!("no tensor `{tensor}`"),
             })?;
-        check_dtype(path, tensor, m.dtype)?;
-        check_shape(path, tensor, &m.shape)?;
+        check_dtype(path, &tensor, m.dtype)?;
+        check_shape(path, &tensor, &m.shape)?;
         let shape = m.shape.clone();
-        let values = self.reader.read_f32(tensor)?;
-        build_embedding(path, tensor, token, &shape, values, meta)
+        let values = self.reader.read_f32(&tensor)?;
+        build_embedding(path, &tensor, token, &shape, values, meta)
     }
 
     /// The metadata every embedding of this file shares, from safetensors `__metadata__`
     /// (invert writes `step`, `base_model`, `base_model_hash`) or A1111's pickle fields.
-    fn meta(&self, format: EmbeddingFormat) -> EmbeddingMeta {
+    pub(super) fn meta(&self, format: EmbeddingFormat) -> EmbeddingMeta {
         let mut meta = EmbeddingMeta::new(format);
         for (k, v) in &self.metadata {
             match k.as_str() {
@@ -225,31 +267,42 @@ impl Container<'_> {
     }
 }
 
-fn from_container(c: &Container) -> Result<Vec<LearnedEmbedding>, EmbeddingError> {
+pub(super) fn from_container(c: &Container) -> Result<Vec<LearnedEmbedding>, EmbeddingError> {
     let path = c.path();
-    let names = c.reader.names();
+    let names = c.names();
     let has = |n: &str| names.iter().any(|x| x == n);
     let stem = file_stem(path);
 
-    // SDXL: {clip_l, clip_g} (kohya, OneTrainer, invoke-training, diffusers-advanced), also with
-    // OneTrainer's `_out` variants.
-    let sdxl: Vec<&String> = names
-        .iter()
-        .filter(|n| n.starts_with("clip_l") || n.starts_with("clip_g"))
-        .collect();
     if has("t5") || has("t5xxl") {
         return Err(EmbeddingError::UnknownFormat {
             path: path.to_path_buf(),
-            reason: "it is a Flux/SD3 embedding (it has a `t5` tensor); invert supports Stable \
-                     Diffusion 1.x and 2.x only"
-                .into(),
+            reason: format!(
+                "it is a Flux/SD3 embedding (it has a `{}` tensor); invert supports Stable \
+                 Diffusion 1.x, 2.x and SDXL embeddings",
+                c.full_name(if has("t5") { "t5" } else { "t5xxl" })
+            ),
         });
     }
-    if has("clip_l") || has("clip_g") {
-        return Err(EmbeddingError::Sdxl {
+    // Embeddings bundled in a LoRA file (OneTrainer, kohya's bundling script; A1111 reads them).
+    if c.prefix.is_empty() && names.iter().any(|n| n.starts_with(bundle::PREFIX)) {
+        return bundle::read_bundle(c, &names);
+    }
+    if let Some(example) = names.iter().find(|n| bundle::is_lora_tensor(n)) {
+        return Err(EmbeddingError::UnknownFormat {
             path: path.to_path_buf(),
-            keys: describe(c, &sdxl),
+            reason: format!(
+                "it is a LoRA (e.g. `{example}`) without bundled embeddings (`bundle_emb.*`); \
+                 invert reads textual-inversion embeddings, not LoRA weights"
+            ),
         });
+    }
+    // SDXL: {clip_l, clip_g} (kohya, OneTrainer with its `_out` tables, invoke-training,
+    // diffusers-advanced); `clip_l` alone from diffusers' advanced SD 1.5 script.
+    if names
+        .iter()
+        .any(|n| sdxl::CLIP_TABLES.contains(&n.as_str()))
+    {
+        return sdxl::read_clip_tables(c, &names);
     }
     let xti: Vec<&String> = names
         .iter()
@@ -310,22 +363,15 @@ fn from_container(c: &Container) -> Result<Vec<LearnedEmbedding>, EmbeddingError
         return Ok(out);
     }
 
-    let token_from_meta = || {
-        c.metadata
-            .get("token")
-            .filter(|t| !t.trim().is_empty())
-            .cloned()
-            .unwrap_or_else(|| stem.clone())
-    };
     if has("emb_params") {
         let mut meta = c.meta(EmbeddingFormat::Kohya);
         note_ignored(&mut meta, &names, &["emb_params"]);
-        return Ok(vec![c.embedding("emb_params", token_from_meta(), meta)?]);
+        return Ok(vec![c.embedding("emb_params", c.default_token(), meta)?]);
     }
     if has("emp_params") {
         let mut meta = c.meta(EmbeddingFormat::OneTrainer);
         note_ignored(&mut meta, &names, &["emp_params"]);
-        return Ok(vec![c.embedding("emp_params", token_from_meta(), meta)?]);
+        return Ok(vec![c.embedding("emp_params", c.default_token(), meta)?]);
     }
 
     // diffusers: every tensor is a token.
@@ -360,29 +406,41 @@ fn from_container(c: &Container) -> Result<Vec<LearnedEmbedding>, EmbeddingError
 }
 
 /// Records the tensors a format's reader skips.
-fn note_ignored(meta: &mut EmbeddingMeta, names: &[String], used: &[&str]) {
+pub(super) fn note_ignored(meta: &mut EmbeddingMeta, names: &[String], used: &[&str]) {
     let ignored: Vec<&str> = names
         .iter()
         .map(String::as_str)
         .filter(|n| !used.contains(n))
         .collect();
     if !ignored.is_empty() {
-        let why = if ignored.contains(&"emp_params_out") {
-            " (OneTrainer's output-side embedding, for models whose text encoder has one; \
-             SD 1.x/2.x use the input embedding only)"
+        // OneTrainer writes `emp_params_out` / `clip_l_out` / `clip_g_out` next to the input
+        // tables (StableDiffusion[XL]EmbeddingSaver, LoRA savers).
+        let why = if ignored.iter().any(|n| n.ends_with("_out")) {
+            " (OneTrainer's output-side embeddings, for models whose text encoder has one; \
+             Stable Diffusion uses the input embeddings only)"
         } else {
             ""
         };
-        meta.extra
-            .insert("ignored".into(), format!("{}{why}", ignored.join(", ")));
+        add_note(meta, "ignored", &format!("{}{why}", ignored.join(", ")));
     }
+}
+
+/// Adds `note` to `meta.extra[key]`, after what is there.
+pub(super) fn add_note(meta: &mut EmbeddingMeta, key: &str, note: &str) {
+    meta.extra
+        .entry(key.into())
+        .and_modify(|v| {
+            v.push_str("; ");
+            v.push_str(note);
+        })
+        .or_insert_with(|| note.to_owned());
 }
 
 /// `name [shape]` for a few tensors.
 fn describe(c: &Container, names: &[&String]) -> String {
     names
         .iter()
-        .map(|n| match c.reader.meta(n) {
+        .map(|n| match c.tensor_meta(n) {
             Some(m) => format!("`{n}` {:?}", m.shape),
             None => format!("`{n}`"),
         })

@@ -172,9 +172,52 @@ impl Drop for TempGuard {
 /// it exists, so a file created meanwhile is never replaced); the folder is then synced. On any
 /// failure the temporary file is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<(), WeightError> {
-    if !overwrite && path.symlink_metadata().is_ok() {
+    write_atomic_all(&[(path, bytes)], overwrite)
+}
+
+/// [`write_atomic`] for files that belong together (diffusers' two-file SDXL embedding): every
+/// file is written and flushed to its temporary file before any is put in place, so a full disk
+/// or a read-only folder leaves all of them untouched; then they are put in place in order.
+/// Without `overwrite`, nothing is written when any of them exists, and should one appear in the
+/// meantime, the ones this call already put in place are removed again. With `overwrite`, a
+/// failure between two renames (within one folder: rare) leaves the earlier ones replaced.
+pub fn write_atomic_all(files: &[(&Path, &[u8])], overwrite: bool) -> Result<(), WeightError> {
+    if let Some((path, _)) = files
+        .iter()
+        .find(|(p, _)| !overwrite && p.symlink_metadata().is_ok())
+    {
         return Err(exists_error(path));
     }
+    let staged = files
+        .iter()
+        .map(|&(path, bytes)| stage(path, bytes))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut placed: Vec<PathBuf> = Vec::new();
+    for s in staged {
+        let path = s.path.clone();
+        if let Err(e) = commit(s, overwrite) {
+            if !overwrite {
+                for p in &placed {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            return Err(e);
+        }
+        placed.push(path);
+    }
+    Ok(())
+}
+
+/// A file's bytes in a flushed temporary file next to it, not yet in place.
+struct Staged {
+    path: PathBuf,
+    dir: PathBuf,
+    tmp: PathBuf,
+    /// Removes the temporary file when the write is abandoned.
+    guard: TempGuard,
+}
+
+fn stage(path: &Path, bytes: &[u8]) -> Result<Staged, WeightError> {
     let name = path
         .file_name()
         .ok_or_else(|| corrupt(path, "not a file name (ends in `..` or `/`)"))?;
@@ -211,31 +254,44 @@ pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<(), We
             Err(e) => return Err(write_failed(path, &tmp, e)),
         }
     };
-    let mut guard = TempGuard(Some(tmp.clone()));
+    let guard = TempGuard(Some(tmp.clone()));
     f.write_all(bytes)
         .map_err(|e| write_failed(path, &tmp, e))?;
     f.sync_all().map_err(|e| write_failed(path, &tmp, e))?;
-    drop(f);
+    Ok(Staged {
+        path: path.to_path_buf(),
+        dir,
+        tmp,
+        guard,
+    })
+}
+
+/// Puts a staged file in place (see [`write_atomic`]).
+fn commit(s: Staged, overwrite: bool) -> Result<(), WeightError> {
+    let Staged {
+        path,
+        dir,
+        tmp,
+        mut guard,
+    } = s;
     if overwrite {
-        std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+        guard.0 = None;
     } else {
-        match std::fs::hard_link(&tmp, path) {
+        match std::fs::hard_link(&tmp, &path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(exists_error(path));
+                return Err(exists_error(&path));
             }
             // File systems without hard links: check, then rename (a tiny race remains).
             Err(_) => {
                 if path.symlink_metadata().is_ok() {
-                    return Err(exists_error(path));
+                    return Err(exists_error(&path));
                 }
-                std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+                std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
             }
         }
         // The temporary name is removed by the guard (a no-op after a rename).
-    }
-    if overwrite {
-        guard.0 = None;
     }
     drop(guard);
     // Persist the directory entry; not every platform allows opening a folder, so best effort.
