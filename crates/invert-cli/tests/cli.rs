@@ -260,9 +260,9 @@ fn embedding_sdxl_inspect_and_convert_defaults() {
     let xl = dir.join("sdxl_kohya.safetensors");
     let xl = xl.to_str().unwrap();
 
-    // An SDXL model folder is recognised, not loaded: its checks come with SDXL loading.
-    let model = out_dir.join("sdxl-model");
-    std::fs::create_dir_all(model.join("text_encoder_2")).unwrap();
+    // Against an SDXL model: both tables fit (8 + 16 wide, like the tiny model), nearest words
+    // come from each encoder's own table.
+    let model = fixtures().join("tiny-sdxl");
     let out = invert(&[
         "embedding",
         "inspect",
@@ -270,13 +270,12 @@ fn embedding_sdxl_inspect_and_convert_defaults() {
         "--model",
         model.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("is an SDXL model; checking embeddings against SDXL models")
-            && text(&out).contains("comes with SDXL model loading"),
-        "{}",
-        text(&out)
-    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(!t.contains("model:   "), "no mismatch expected:\n{t}");
+    for want in ["clip_l vector 0", "clip_g vector 0", "nearest:"] {
+        assert!(t.contains(want), "missing {want:?} in:\n{t}");
+    }
 
     // Without --format: sdxl for SDXL embeddings, diffusers for the others; a folder as
     // OUTPUT gets the format's usual name.

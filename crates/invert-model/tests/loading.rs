@@ -289,6 +289,10 @@ fn single_file_family_is_detected() {
     // ones: the error then names the family and suggests --config.
     let msg = load_err(&fixture("tiny-sd2.safetensors"), LoadOptions::default());
     assert!(msg.contains("Stable Diffusion 2.x"), "{msg}");
+    // An SDXL file (conditioner.embedders.1, label_emb) is loaded with SDXL 1.0's configs; the
+    // tiny one's shapes then differ and the message says what it was taken for.
+    let msg = load_err(&fixture("tiny-sdxl.safetensors"), LoadOptions::default());
+    assert!(msg.contains("Stable Diffusion XL"), "{msg}");
     let _ = dir;
     assert!(matches!(
         load(

@@ -323,3 +323,77 @@ fn sdxl_unet_refuses_to_run_without_added_conditions() {
         g.f32("unet.encoder_hidden_states", &device),
     );
 }
+
+/// `--precision f16`: the SDXL VAE stays f32 when its config says `force_upcast` (diffusers'
+/// `upcast_vae`); a `--vae` whose config says `false` (an fp16-fixed VAE) runs in f16; a VAE of
+/// another latent shape is refused.
+#[test]
+fn half_precision_keeps_a_force_upcast_vae_in_f32_and_vae_overrides_load() {
+    use burn::tensor::DType;
+    let device = Device::flex();
+    let half = |vae: Option<std::path::PathBuf>| LoadOptions {
+        dtype: DType::F16,
+        variant: Some("fp16".into()),
+        vae,
+        ..Default::default()
+    };
+    let sd = load(&fixture("tiny-sdxl"), &half(None), &device).unwrap();
+    assert_eq!(sd.unet.conv_in.weight.val().dtype(), DType::F16);
+    assert_eq!(sd.vae.decoder.conv_in.weight.val().dtype(), DType::F32);
+
+    let dir = std::env::temp_dir().join(format!("invert-sdxl-vae-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixture("tiny-sdxl/vae");
+    for entry in std::fs::read_dir(&src).unwrap().flatten() {
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let config = dir.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\"force_upcast\": true"));
+    std::fs::write(
+        &config,
+        text.replace("\"force_upcast\": true", "\"force_upcast\": false"),
+    )
+    .unwrap();
+    let fixed = load(&fixture("tiny-sdxl"), &half(Some(dir.clone())), &device).unwrap();
+    assert_eq!(fixed.vae.decoder.conv_in.weight.val().dtype(), DType::F16);
+    assert!(!fixed.config.vae.force_upcast);
+
+    // A single file (here the twin's first_stage_model.* keys) has the model's VAE architecture
+    // and runs in the model's precision; in f32 it decodes exactly as the folder's VAE.
+    let file_vae = load(
+        &fixture("tiny-sdxl"),
+        &half(Some(fixture("tiny-sdxl.safetensors"))),
+        &device,
+    )
+    .unwrap();
+    assert_eq!(
+        file_vae.vae.decoder.conv_in.weight.val().dtype(),
+        DType::F16
+    );
+    let f32_with = |vae| LoadOptions {
+        variant: Some("fp16".into()),
+        vae,
+        ..Default::default()
+    };
+    let a = load(&fixture("tiny-sdxl"), &f32_with(None), &device).unwrap();
+    let b = load(
+        &fixture("tiny-sdxl"),
+        &f32_with(Some(fixture("tiny-sdxl.safetensors"))),
+        &device,
+    )
+    .unwrap();
+    let latents: Tensor<4> = Golden::open("tiny-sdxl").f32("e2e.init_latents", &device);
+    assert_eq!(decode(&a, latents.clone(), 0), decode(&b, latents, 0));
+
+    // A VAE with 16-channel latents (another kind of model) is refused before its weights load.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let wide = text.replace("\"latent_channels\": 4", "\"latent_channels\": 16");
+    assert_ne!(wide, text);
+    std::fs::write(&config, wide).unwrap();
+    let err = load(&fixture("tiny-sdxl"), &half(Some(dir.clone())), &device)
+        .expect_err("a VAE of another latent shape");
+    assert!(err.to_string().contains("another kind of model"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

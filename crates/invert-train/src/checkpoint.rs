@@ -1,5 +1,6 @@
 //! What a run leaves on disk, always written atomically (temporary file, then rename):
-//! - `learned_embeds.safetensors` (diffusers format) at the end, and
+//! - `learned_embeds.safetensors` (diffusers format; SDXL: `{clip_l, clip_g}`, or diffusers' two
+//!   files with `diffusers_sdxl`) at the end, and
 //!   `learned_embeds-steps-N.safetensors` every `save_every` steps;
 //! - `checkpoint/state.safetensors`: v*, the optimiser moments and the step, which with
 //!   `config.json` is everything `--resume` needs (all randomness derives from seed and step).
@@ -48,10 +49,17 @@ pub fn embedding(trainer: &Trainer) -> LearnedEmbedding {
     }
 }
 
-/// Writes the embedding to `path` (replacing an older version of the same run's file).
+/// Writes the embedding to `path` (replacing an older version of the same run's file): the
+/// diffusers format for SD 1.x/2.x; for SDXL one `{clip_l, clip_g}` file, or diffusers' two
+/// files (`path` and its `_2` twin) with `diffusers_sdxl`.
 pub fn save_embedding(trainer: &Trainer, path: &Path) -> Result<(), String> {
-    write_embedding(&embedding(trainer), path, WriteFormat::Diffusers, true)
-        .map_err(|e| e.to_string())
+    let e = embedding(trainer);
+    let format = match (&e.second, trainer.config.diffusers_sdxl) {
+        (None, _) => WriteFormat::Diffusers,
+        (Some(_), false) => WriteFormat::Sdxl,
+        (Some(_), true) => WriteFormat::DiffusersSdxl,
+    };
+    write_embedding(&e, path, format, true).map_err(|e| e.to_string())
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {

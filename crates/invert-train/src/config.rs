@@ -73,6 +73,10 @@ pub struct TrainConfig {
     /// Recompute memory-bound activations in the backward pass instead of keeping them
     /// (burn's balanced checkpointing): less memory, more time.
     pub gradient_checkpointing: bool,
+    /// SDXL: write the word as diffusers' `textual_inversion_sdxl.py` does, two files
+    /// (`learned_embeds.safetensors` for CLIP-L, `learned_embeds_2.safetensors` for
+    /// OpenCLIP-bigG), instead of one `{clip_l, clip_g}` file (kohya, OneTrainer, A1111, ComfyUI).
+    pub diffusers_sdxl: bool,
 }
 
 impl Default for TrainConfig {
@@ -116,6 +120,7 @@ impl Default for TrainConfig {
             device: "auto".into(),
             precision: "auto".into(),
             gradient_checkpointing: false,
+            diffusers_sdxl: false,
         }
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use clap::{Args, Subcommand, ValueEnum};
 use invert_model::embedding::{
-    LearnedEmbedding, WriteFormat, check_width, embedding_family, read_embeddings, write_embedding,
+    LearnedEmbedding, WriteFormat, embedding_family, read_embeddings, write_embedding,
 };
 use invert_model::loading::{Parts, load};
 use invert_model::vocabulary::Vocabulary;
@@ -30,9 +30,8 @@ pub struct InspectArgs {
     /// Either file of diffusers' SDXL pair (learned_embeds[_2].safetensors) reads both.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// A model to check the width against and find nearest words in (only its text encoder is
-    /// read). SDXL models are recognised but not loaded yet: their checks come with SDXL
-    /// model loading.
+    /// A model to check the embedding against (as `generate` would use it) and find nearest
+    /// words in (only its text encoders are read; SDXL: both tables).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Architecture for a single-file --model (see `invert model info --help`).
@@ -100,9 +99,12 @@ fn norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }
 
-/// The text encoder's token table and the model's tokenizer, for nearest-word lookups.
+/// The text encoders' token tables and the model's tokenizers, for the width check (what
+/// `generate` would do with the embedding) and nearest-word lookups.
 struct TextModel {
     table: Tensor<2>,
+    /// SDXL's second token table.
+    table_2: Option<Tensor<2>>,
     vocabulary: Vocabulary,
 }
 
@@ -131,13 +133,15 @@ fn load_text_model(model: &Path, config: Option<PathBuf>) -> Result<TextModel> {
         .token_embedding
         .weight
         .val();
-    Ok(TextModel { table, vocabulary })
-}
-
-/// What `--model` gave: its text encoder, or a note that it is SDXL (not loaded yet).
-enum ModelCheck {
-    Loaded(Box<TextModel>),
-    Sdxl(String),
+    let table_2 = sd
+        .text_encoder_2
+        .as_ref()
+        .map(|te| te.text_model.embeddings.token_embedding.weight.val());
+    Ok(TextModel {
+        table,
+        table_2,
+        vocabulary,
+    })
 }
 
 /// `n x d`, or for SDXL both tables.
@@ -151,7 +155,7 @@ fn shape_text(e: &LearnedEmbedding) -> String {
     }
 }
 
-fn describe(path: &Path, e: &LearnedEmbedding, model: Option<&ModelCheck>, nearest: usize) {
+fn describe(path: &Path, e: &LearnedEmbedding, model: Option<&TextModel>, nearest: usize) {
     println!("{}", path.display());
     println!("  format:  {}", e.meta.source_format);
     println!("  token:   {}", e.token);
@@ -172,21 +176,19 @@ fn describe(path: &Path, e: &LearnedEmbedding, model: Option<&ModelCheck>, neare
     for (k, v) in &e.meta.extra {
         println!("  {k}: {v}");
     }
-    let text = match model {
-        Some(ModelCheck::Loaded(m)) => {
-            if let Err(err) = check_width(e, m.vocabulary.width(), path) {
-                println!("  model:   {err}");
+    // What generate would do with it: refuse it, use part of it (a note), or use it all.
+    if let Some(m) = model {
+        match m.vocabulary.clone().add_embedding(e, path) {
+            Err(err) => println!("  model:   {err}"),
+            Ok(added) => {
+                if let Some(note) = added.note {
+                    println!("  note:    {note}");
+                }
             }
-            Some(m)
         }
-        Some(ModelCheck::Sdxl(note)) => {
-            println!("  model:   {note}");
-            None
-        }
-        None => None,
-    };
-    // Nearest words where a table is as wide as the model's vocabulary (SDXL's clip_l rows
-    // live in the same CLIP ViT-L vocabulary as SD 1.x's).
+    }
+    // Nearest words in the model's table of the same width (SDXL's clip_l rows live in CLIP
+    // ViT-L's vocabulary, as SD 1.x's do; clip_g rows in OpenCLIP ViT-bigG's).
     let tables: Vec<(&str, &[f32], usize)> = match &e.second {
         None => vec![("", &e.vectors, e.width)],
         Some(g) => vec![
@@ -195,12 +197,23 @@ fn describe(path: &Path, e: &LearnedEmbedding, model: Option<&ModelCheck>, neare
         ],
     };
     for (label, vectors, width) in tables {
+        let lookup = model.and_then(|m| {
+            let second = m.vocabulary.second.as_ref().zip(m.table_2.as_ref());
+            match second {
+                Some((words, table)) if label == "clip_g " && words.width() == width => {
+                    Some((words, table))
+                }
+                _ if label != "clip_g " && m.vocabulary.width() == width => {
+                    Some((&m.vocabulary.first, &m.table))
+                }
+                _ => None,
+            }
+        });
         for (i, v) in vectors.chunks(width).enumerate() {
             print!("  {label}vector {i}: |v| = {:.4}", norm(v));
-            if let Some(m) = text.filter(|m| m.vocabulary.width() == width) {
-                let words: Vec<String> = m
-                    .vocabulary
-                    .nearest_words(&m.table, v, nearest)
+            if let Some((words, table)) = lookup {
+                let words: Vec<String> = words
+                    .nearest_words(table, v, nearest)
                     .into_iter()
                     .map(|(w, c)| format!("{w} ({c:.3})"))
                     .collect();
@@ -211,33 +224,12 @@ fn describe(path: &Path, e: &LearnedEmbedding, model: Option<&ModelCheck>, neare
     }
 }
 
-/// Whether `model` is an SDXL diffusers folder (or a Hugging Face cache folder of one): it has
-/// a `text_encoder_2`. Single-file SDXL checkpoints are refused by the loader itself.
-fn is_sdxl_folder(model: &Path) -> bool {
-    let has = |d: &Path| d.join("text_encoder_2").is_dir();
-    has(model)
-        || std::fs::read_dir(model.join("snapshots"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| has(&e.path()))
-}
-
 fn inspect(args: InspectArgs) -> Result<()> {
     let model = match args.model.as_deref() {
-        Some(m) if is_sdxl_folder(m) => Some(ModelCheck::Sdxl(format!(
-            "{} is an SDXL model; checking embeddings against SDXL models (both widths, \
-             nearest words for clip_l and clip_g) comes with SDXL model loading, which this \
-             invert does not do yet",
-            m.display()
-        ))),
-        Some(m) => Some(ModelCheck::Loaded(Box::new(load_text_model(
-            m,
-            args.config.clone(),
-        )?))),
+        Some(m) => Some(load_text_model(m, args.config.clone())?),
         None => None,
     };
-    if let Some(ModelCheck::Loaded(m)) = &model {
+    if let Some(m) = &model {
         let norms = m.table.clone().powf_scalar(2.0).sum_dim(1).sqrt();
         println!(
             "model vocabulary: mean |row| = {:.4} (learned vectors far above it tend to dominate prompts)",

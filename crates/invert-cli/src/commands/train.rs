@@ -141,6 +141,10 @@ pub struct TrainArgs {
     /// Recompute activations in the backward pass to save memory (slower).
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// SDXL: write diffusers' two files (learned_embeds.safetensors + learned_embeds_2.safetensors)
+    /// instead of one {clip_l, clip_g} file.
+    #[arg(long)]
+    pub diffusers_sdxl: bool,
 }
 
 fn file_config(path: &Path) -> Result<TrainConfig> {
@@ -230,6 +234,7 @@ fn effective_config(a: &TrainArgs) -> Result<TrainConfig> {
     c.alpha_mask |= a.alpha_mask;
     c.skip_bad |= a.skip_bad;
     c.gradient_checkpointing |= a.gradient_checkpointing;
+    c.diffusers_sdxl |= a.diffusers_sdxl;
     if !a.preview_prompts.is_empty() {
         c.preview_prompts = a.preview_prompts.clone();
     }

@@ -491,6 +491,53 @@ mod tests {
     }
 
     #[test]
+    fn sdxl_single_file_text_encoders_map_to_both_models() {
+        let keys = strings(&[
+            "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
+            "conditioner.embedders.0.transformer.text_model.encoder.layers.1.mlp.fc1.weight",
+            "conditioner.embedders.0.transformer.text_model.embeddings.position_ids",
+            "conditioner.embedders.1.model.token_embedding.weight",
+            "conditioner.embedders.1.model.transformer.resblocks.1.attn.in_proj_weight",
+            "conditioner.embedders.1.model.text_projection",
+            "conditioner.embedders.1.model.logit_scale",
+            "model.diffusion_model.label_emb.0.0.weight",
+        ]);
+        let (l, g) = sdxl_text_encoders_from_sgm(&keys, 2, 2).unwrap();
+        assert!(l.unmapped.is_empty() && g.unmapped.is_empty());
+        let targets = |m: &LdmMapping| m.mapped.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            targets(&l),
+            [
+                "text_model.embeddings.token_embedding.weight",
+                "text_model.encoder.layers.1.mlp.fc1.weight"
+            ]
+        );
+        let g_rows: Vec<Row> = g.mapped.iter().map(|(t, s)| row(t, s)).collect();
+        assert_eq!(
+            g_rows.len(),
+            5,
+            "token table, q/k/v chunks, projection: {g_rows:?}"
+        );
+        assert!(
+            g_rows[1..4].iter().all(|r| r.2.is_some()),
+            "in_proj split in three"
+        );
+        let (target, source) = g.mapped.last().unwrap();
+        assert_eq!(target, "text_projection.weight");
+        assert!(
+            source.transpose,
+            "open_clip's x @ P is a transposed Linear weight"
+        );
+        // A file without the second encoder is refused with a message.
+        let only_l = &keys[..3];
+        assert!(
+            sdxl_text_encoders_from_sgm(only_l, 2, 2)
+                .unwrap_err()
+                .contains("embedders.1")
+        );
+    }
+
+    #[test]
     fn burn_paths_with_and_without_prefix() {
         let base = [
             "text_model.embeddings.token_embedding.weight",

@@ -5,9 +5,9 @@
 //! Accepted: a diffusers `vae/` component folder (or a model folder holding one), whose
 //! `config.json` also says `force_upcast`; or a single `.safetensors`/`.ckpt` file in the
 //! original (LDM) names, bare or under `first_stage_model.`, or in diffusers names. A single file
-//! has no config: the model family's published VAE config gives the architecture and scaling
-//! factor, and it runs in the model's precision (`force_upcast` false: the user chose it, and
-//! the reason to pass a VAE to an f16 SDXL model is an fp16-safe one).
+//! has no config: it is taken to have the model's own VAE architecture and scaling factor (as
+//! A1111's VAE swap does), and it runs in the model's precision (`force_upcast` false: the user
+//! chose it, and the reason to pass a VAE to an f16 SDXL model is an fp16-safe one).
 
 use std::path::Path;
 
@@ -15,13 +15,13 @@ use burn::prelude::*;
 
 use super::apply::{Assignment, LoadReport};
 use super::diffusers_folder::{assignments, load_module, open_component_weights};
-use super::family::{Family, bundled_config};
+use super::family::Family;
 use super::single_file::Checkpoint;
 use super::{LoadError, LoadOptions, parse_config, read_json, vae_dtype};
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
 
 /// Loads the VAE at `path` for a model of `family` whose own VAE is `model_vae`, with its
-/// config; errors when the two latent spaces differ in shape.
+/// config; refuses one whose latents have another shape before reading its weights.
 pub fn load_vae(
     path: &Path,
     options: &LoadOptions,
@@ -29,31 +29,24 @@ pub fn load_vae(
     model_vae: &AutoencoderKLConfig,
     device: &Device,
 ) -> Result<(AutoencoderKL, AutoencoderKLConfig, LoadReport), LoadError> {
-    let (vae, cfg, report) = load_any(path, options, family, device)?;
-    if (cfg.latent_channels, cfg.downscale_factor())
-        != (model_vae.latent_channels, model_vae.downscale_factor())
-    {
-        return Err(LoadError::Config {
+    let fits = |cfg: &AutoencoderKLConfig| {
+        if (cfg.latent_channels, cfg.downscale_factor())
+            == (model_vae.latent_channels, model_vae.downscale_factor())
+        {
+            return Ok(());
+        }
+        Err(LoadError::Config {
             path: path.to_path_buf(),
             reason: format!(
-                "this VAE makes {}-channel latents 1/{} of the image size, the model needs {}-channel \
-                 latents at 1/{}: it belongs to another kind of model",
+                "this VAE makes {}-channel latents 1/{} of the image size, the model needs \
+                 {}-channel latents at 1/{}: it belongs to another kind of model",
                 cfg.latent_channels,
                 cfg.downscale_factor(),
                 model_vae.latent_channels,
                 model_vae.downscale_factor()
             ),
-        });
-    }
-    Ok((vae, cfg, report))
-}
-
-fn load_any(
-    path: &Path,
-    options: &LoadOptions,
-    family: Family,
-    device: &Device,
-) -> Result<(AutoencoderKL, AutoencoderKLConfig, LoadReport), LoadError> {
+        })
+    };
     if !path.exists() {
         return Err(LoadError::NotFound {
             path: path.to_path_buf(),
@@ -76,6 +69,7 @@ fn load_any(
             });
         }
         let cfg = parse_vae_config(&config_path, &read_json(&config_path)?)?;
+        fits(&cfg)?;
         let reader =
             open_component_weights(&dir, "diffusion_pytorch_model", options.variant.as_deref())?;
         let a = assignments(reader.as_ref(), crate::vae::keys::to_burn_path);
@@ -84,13 +78,7 @@ fn load_any(
         return Ok((vae, cfg, report));
     }
 
-    let json = bundled_config(family, "vae").ok_or_else(|| LoadError::Config {
-        path: path.to_path_buf(),
-        reason: "a single-file --vae needs a known model family for its architecture; pass a \
-                 diffusers VAE folder (with config.json) instead"
-            .into(),
-    })?;
-    let mut cfg = parse_vae_config(Path::new("configs/vae/config.json"), &json)?;
+    let mut cfg = model_vae.clone();
     cfg.force_upcast = false;
     let ckpt = Checkpoint::open(path)?;
     let diffusers_names = ckpt.keys.iter().any(|k| k.contains("down_blocks."));

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use burn::prelude::*;
 
-use crate::embedding::{EmbeddingError, LearnedEmbedding, check_width};
+use crate::embedding::{EmbeddingError, LearnedEmbedding, check_width, check_widths};
 use crate::tokenizer::{ClipTokenizer, TokenizerError};
 
 pub use word_table::WordTable;
@@ -130,38 +130,35 @@ impl Vocabulary {
         e: &LearnedEmbedding,
         path: &Path,
     ) -> Result<AddedWord, VocabularyError> {
-        check_width(e, self.width(), path)?;
         let (second, note) = match (self.second_width(), &e.second) {
-            (Some(w2), Some(s)) if s.width == w2 => (Some(s.vectors.as_slice()), None),
             (Some(w2), Some(s)) => {
-                return Err(EmbeddingError::Invalid {
-                    path: path.to_path_buf(),
-                    reason: format!(
-                        "its clip_g vectors are {} wide but this model's second text encoder is \
-                         {w2} wide: it was trained for another model",
-                        s.width
-                    ),
-                }
-                .into());
+                check_widths(e, self.width(), Some(w2), path)?;
+                (Some(s.vectors.as_slice()), None)
             }
-            (Some(_), None) => (
-                None,
-                Some(format!(
-                    "{}: a one-encoder ({} wide, SD 1.x) embedding on SDXL: applied to the first \
+            (Some(_), None) => {
+                check_width(e, self.width(), path)?;
+                let note = format!(
+                    "{}: `{}` is a one-encoder ({} wide) embedding on SDXL: applied to the first \
                      text encoder (CLIP-L) only, as ComfyUI does; train it on SDXL for both",
                     path.display(),
+                    e.token,
                     e.width
-                )),
-            ),
-            (None, Some(_)) => (
-                None,
-                Some(format!(
-                    "{}: an SDXL embedding on a one-encoder model: its clip_l vectors are used, \
-                     clip_g is ignored",
-                    path.display()
-                )),
-            ),
-            (None, None) => (None, None),
+                );
+                (None, Some(note))
+            }
+            (None, Some(_)) if e.width == self.width() => {
+                let note = format!(
+                    "{}: `{}` is an SDXL embedding on a one-encoder model: its clip_l vectors \
+                     are used, clip_g is ignored",
+                    path.display(),
+                    e.token
+                );
+                (None, Some(note))
+            }
+            (None, _) => {
+                check_width(e, self.width(), path)?;
+                (None, None)
+            }
         };
         let ids = self.add_word(&e.token, &e.vectors, second)?;
         Ok(AddedWord { ids, note })
