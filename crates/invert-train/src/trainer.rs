@@ -136,14 +136,7 @@ impl Trainer {
             ..sd
         };
         let mut vocab = Vocabulary::for_model(&sd).map_err(|e| setup(e.to_string()))?;
-        let table = sd
-            .text_encoder
-            .text_model
-            .embeddings
-            .token_embedding
-            .weight
-            .val()
-            .cast(DType::F32);
+        let table = sd.text_encoder.text_model.token_table().cast(DType::F32);
         let init_text = config.init_text();
         let init = if init_text == "random" {
             Init::Random(config.seed)
@@ -157,13 +150,7 @@ impl Trainer {
         // from that table (diffusers' textual_inversion_sdxl.py, kohya's sdxl trainer).
         let second = match (&sd.text_encoder_2, &vocab.second) {
             (Some(te2), Some(table_2)) => {
-                let weights = te2
-                    .text_model
-                    .embeddings
-                    .token_embedding
-                    .weight
-                    .val()
-                    .cast(DType::F32);
+                let weights = te2.text_model.token_table().cast(DType::F32);
                 let init = match &init {
                     Init::Random(seed) => Init::Random(seed.wrapping_add(1)),
                     other => other.clone(),

@@ -30,14 +30,6 @@ fn fixture() -> SafetensorsFile {
     SafetensorsFile::open(&p).expect("gradient fixture (scripts/make_train_fixtures.py)")
 }
 
-fn i64s(f: &SafetensorsFile, name: &str) -> Vec<i64> {
-    f.read_bytes(name)
-        .unwrap()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
 /// How the frozen model is run: its dtype and whether activations are recomputed.
 struct Run {
     dtype: DType,

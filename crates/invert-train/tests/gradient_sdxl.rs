@@ -33,14 +33,6 @@ fn golden() -> SafetensorsFile {
     SafetensorsFile::open(&p).expect("golden/tiny-sdxl.safetensors")
 }
 
-fn i64s(f: &SafetensorsFile, name: &str) -> Vec<i64> {
-    f.read_bytes(name)
-        .unwrap()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
 fn relative_error(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len());
     let diff = got

@@ -126,17 +126,11 @@ fn load_text_model(model: &Path, config: Option<PathBuf>) -> Result<TextModel> {
         .with_context(|| format!("could not load the model at {}", model.display()))?;
     let vocabulary = Vocabulary::for_model(&sd)
         .with_context(|| format!("reading the tokenizer of {}", model.display()))?;
-    let table = sd
-        .text_encoder
-        .text_model
-        .embeddings
-        .token_embedding
-        .weight
-        .val();
+    let table = sd.text_encoder.text_model.token_table();
     let table_2 = sd
         .text_encoder_2
         .as_ref()
-        .map(|te| te.text_model.embeddings.token_embedding.weight.val());
+        .map(|te| te.text_model.token_table());
     Ok(TextModel {
         table,
         table_2,

@@ -198,6 +198,11 @@ impl CLIPTextTransformer {
         h
     }
 
+    /// The frozen token table `[vocab, width]` (new words' rows live outside it).
+    pub fn token_table(&self) -> Tensor<2> {
+        self.embeddings.token_embedding.weight.val()
+    }
+
     /// The final LayerNorm.
     pub fn final_norm(&self, h: Tensor<3>) -> Tensor<3> {
         layer_norm(&self.final_layer_norm, h, self.layer_norm_eps)

@@ -119,3 +119,12 @@ pub fn snapshot<M: Module>(module: &M) -> Vec<(Vec<usize>, Vec<u32>)> {
 pub fn max_abs(v: &[f32]) -> f32 {
     v.iter().fold(0.0f32, |m, x| m.max(x.abs()))
 }
+
+/// An I64 tensor of a safetensors fixture as values.
+pub fn i64s(f: &invert_model::weights::safetensors_file::SafetensorsFile, name: &str) -> Vec<i64> {
+    f.read_bytes(name)
+        .unwrap()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
