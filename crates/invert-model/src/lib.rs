@@ -1,4 +1,4 @@
-//! Stable Diffusion 1.x/2.x models for invert, in burn: the CLIP text encoder, the U-Net and the
+//! Stable Diffusion 1.x/2.x/XL models for invert, in burn: the CLIP text encoder, the U-Net and the
 //! VAE, with diffusers' module structure and names, and the loaders for the files users have.
 
 pub mod attention;
@@ -12,6 +12,7 @@ pub mod keymap;
 pub mod layers;
 pub mod loading;
 pub mod pipeline;
+pub mod prompt;
 pub mod resnet;
 pub mod saving;
 pub mod schedulers;

@@ -316,3 +316,41 @@ fn generation_in_half_precision_stays_close_to_f32() {
         );
     }
 }
+
+/// A1111's prompt syntax in generation: weight 1 changes nothing, emphasis changes the
+/// conditioning of its token only up to the mean restoration, `BREAK` and long prompts make
+/// more 77-token chunks, and a prompt and negative prompt of different lengths still generate.
+#[test]
+fn a1111_prompt_syntax_in_generation() {
+    use invert_model::pipeline::prompt_encoding::{LearnedRows, encode_weighted_prompt};
+    let device = Device::flex();
+    let sd = tiny_sd1(&device);
+    let vocab = vocabulary(&sd, &[]);
+    let encode = |p: &str| {
+        encode_weighted_prompt(&sd, &vocab, p, LearnedRows::default(), 1, &device)
+            .unwrap()
+            .context
+    };
+    let plain = encode("a photo of a cat");
+    assert_eq!(plain.dims()[1], 77);
+    assert_eq!(
+        encode("a photo of a (cat:1.0)").into_data(),
+        plain.clone().into_data(),
+        "weight 1 is no weight"
+    );
+    let weighted = encode("a photo of a (cat:1.5)");
+    assert!(
+        max_abs_diff(weighted, plain) > 1e-3,
+        "emphasis changes the conditioning"
+    );
+    assert_eq!(encode("a photo BREAK of a cat").dims()[1], 154);
+    let long = ["cat"; 100].join(" ");
+    assert_eq!(encode(&long).dims()[1], 154);
+
+    let r = Request {
+        steps: 2,
+        ..request(&long, "(blurry:1.2)")
+    };
+    let latents = sample_latents(&sd, &vocab, &r, 2, &device, |_, _| {}).unwrap();
+    assert_eq!(latents.dims()[0], 2);
+}

@@ -840,6 +840,7 @@ fn resolution_option_downscales_at_load_and_warns_about_upscaling() {
 fn train_image(rgb: RgbImage, alpha: Option<Vec<u8>>) -> TrainImage {
     TrainImage {
         path: PathBuf::from("t.png"),
+        original_size: rgb.dimensions(),
         rgb,
         alpha,
         caption: None,

@@ -15,6 +15,7 @@ use invert_model::pipeline::{
     Image, Parameters, Request, a1111_sampler_name, decode, encode_png, grid, grid_columns,
     sample_latents, validate,
 };
+use invert_model::prompt::chunk_prompt;
 use invert_model::schedulers::{SamplerConfig, SamplerKind};
 use invert_model::vocabulary::Vocabulary;
 use invert_model::weights::TensorReader;
@@ -263,8 +264,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let start = Instant::now();
     let mut total_steps = 0;
     for prompt in &prompts {
-        if let Some(dropped) = vocab.first.tokenizer.encode(prompt)?.truncated {
-            eprintln!("warning: the prompt is longer than 75 tokens; dropped: \"{dropped}\"");
+        // Longer prompts are encoded in 75-token chunks (A1111's rule), so nothing is dropped.
+        let chunks = chunk_prompt(&vocab.first.tokenizer, prompt)?.len();
+        if chunks > 1 {
+            eprintln!("note: the prompt is encoded in {chunks} chunks of 75 tokens");
         }
         let mut made = Vec::new();
         let mut first = 0;

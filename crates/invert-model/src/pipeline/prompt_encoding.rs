@@ -10,6 +10,7 @@
 use burn::prelude::*;
 
 use crate::loading::StableDiffusion;
+use crate::prompt::{PromptChunk, chunk_prompt};
 use crate::unet::AddedConditions;
 use crate::vocabulary::{Vocabulary, VocabularyError};
 
@@ -126,4 +127,140 @@ pub fn sdxl_time_ids(
 pub fn time_ids_tensor(rows: &[[f32; 6]], device: &Device) -> Tensor<2> {
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
     Tensor::from_data(TensorData::new(flat, [rows.len(), 6]), device)
+}
+
+/// The conditioning of one prompt written in A1111's syntax (`crate::prompt`): emphasis
+/// weights, `BREAK`, and any length. Each 75-token chunk is encoded on its own (for SDXL by both
+/// encoders, the pooled embedding from the first chunk, as A1111 does) and the chunks are
+/// concatenated along the sequence; a chunk whose weights are not all 1 is scaled per token and
+/// brought back to its original mean (A1111's default "Original" emphasis). Returns `[1, 77 k, d]`.
+pub fn encode_weighted_prompt(
+    sd: &StableDiffusion,
+    vocab: &Vocabulary,
+    prompt: &str,
+    learned: LearnedRows,
+    clip_skip: usize,
+    device: &Device,
+) -> Result<TextConditioning, VocabularyError> {
+    let chunks = chunk_prompt(&vocab.first.tokenizer, prompt)?;
+    let chunks_2 = match &vocab.second {
+        Some(second) => Some(chunk_prompt(&second.tokenizer, prompt)?),
+        None => None,
+    };
+    let ids = |chunk: &PromptChunk| {
+        let v: Vec<i64> = chunk.ids.iter().map(|&i| i as i64).collect();
+        let n = v.len();
+        Tensor::<2, Int>::from_data(TensorData::new(v, [1, n]), device)
+    };
+    let mut contexts = Vec::with_capacity(chunks.len());
+    let mut pooled = None;
+    for (i, chunk) in chunks.iter().enumerate() {
+        let (hidden, text_embeds) = match (&sd.text_encoder_2, &chunks_2, &vocab.second) {
+            (Some(te2), Some(chunks_2), Some(second)) => {
+                // Both tokenizers share CLIP's vocabulary, so their chunks line up; a chunk
+                // missing on the second side (it cannot happen with equal vocabularies) is an
+                // empty prompt there.
+                let other = chunks_2.get(i).cloned().unwrap_or_else(|| {
+                    chunk_prompt(&second.tokenizer, "").expect("the empty prompt")[0].clone()
+                });
+                let tm = &sd.text_encoder.text_model;
+                let layers = tm.num_layers() - clip_skip.clamp(1, tm.num_layers() - 1);
+                let h1 = tm.hidden_state(ids(chunk), learned.first, layers);
+                let out = te2.forward_skipping(
+                    ids(&other),
+                    learned.second,
+                    second.tokenizer.eos_id() as i64,
+                    clip_skip,
+                );
+                (
+                    Tensor::cat(vec![h1, out.penultimate], 2),
+                    Some(out.text_embeds),
+                )
+            }
+            _ => (
+                sd.text_encoder
+                    .forward(ids(chunk), learned.first, clip_skip),
+                None,
+            ),
+        };
+        if pooled.is_none() {
+            pooled = text_embeds;
+        }
+        contexts.push(apply_emphasis(hidden, &chunk.weights));
+    }
+    Ok(TextConditioning {
+        context: Tensor::cat(contexts, 1),
+        text_embeds: pooled,
+    })
+}
+
+/// A1111's "Original" emphasis (`sd_emphasis.EmphasisOriginal`): each token's output times its
+/// weight, then the whole scaled back to the mean it had. Weights all 1 leave `z` as it is.
+pub fn apply_emphasis(z: Tensor<3>, weights: &[f32]) -> Tensor<3> {
+    if weights.iter().all(|&w| w == 1.0) {
+        return z;
+    }
+    let [b, l, _] = z.dims();
+    let dtype = z.dtype();
+    let z = z.cast(burn::tensor::DType::F32);
+    let w = Tensor::<1>::from_data(TensorData::new(weights.to_vec(), [l]), &z.device())
+        .reshape([1, l, 1])
+        .expand([b as i64, l as i64, 1]);
+    let original = z.clone().mean().into_scalar::<f32>();
+    let scaled = z * w;
+    let new = scaled.clone().mean().into_scalar::<f32>();
+    scaled.mul_scalar(original / new).cast(dtype)
+}
+
+impl TextConditioning {
+    /// `self` for `count` images (the batch repeated).
+    pub fn repeat(self, count: usize) -> Self {
+        Self {
+            context: self.context.repeat_dim(0, count),
+            text_embeds: self.text_embeds.map(|t| t.repeat_dim(0, count)),
+        }
+    }
+
+    /// `self` with its sequence lengthened to `len` tokens by appending `empty` (an encoded
+    /// empty prompt, one chunk) as often as needed: A1111's `pad_cond`, so that a prompt and a
+    /// negative prompt of different lengths can be denoised in one batch.
+    pub fn pad_to(self, len: usize, empty: &TextConditioning) -> Self {
+        let mut parts = vec![self.context];
+        let mut have = parts[0].dims()[1];
+        let [b, _, _] = parts[0].dims();
+        while have < len {
+            parts.push(empty.context.clone().repeat_dim(0, b));
+            have += empty.context.dims()[1];
+        }
+        Self {
+            context: Tensor::cat(parts, 1),
+            text_embeds: self.text_embeds,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emphasis_scales_tokens_and_restores_the_mean() {
+        let device = Device::flex();
+        let z = Tensor::<3>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [1, 2, 2]),
+            &device,
+        );
+        let same = apply_emphasis(z.clone(), &[1.0, 1.0]);
+        assert_eq!(same.into_data(), z.clone().into_data());
+        // Token 0 doubled: [[2, 4], [3, 4]] (mean 3.25), then times 2.5 / 3.25.
+        let got = apply_emphasis(z, &[2.0, 1.0])
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let k = 2.5f32 / 3.25;
+        let want = [2.0 * k, 4.0 * k, 3.0 * k, 4.0 * k];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+    }
 }

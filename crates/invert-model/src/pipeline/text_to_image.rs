@@ -1,13 +1,13 @@
 //! Text-to-image sampling as diffusers' `StableDiffusionPipeline.__call__` and
-//! `StableDiffusionXLPipeline.__call__` do it: encode prompt and negative prompt (see
-//! `prompt_encoding.rs`), start from seeded noise scaled by the sampler's `init_noise_sigma`,
+//! `StableDiffusionXLPipeline.__call__` do it: encode prompt and negative prompt (in A1111's
+//! prompt syntax, see `prompt_encoding.rs`), start from seeded noise scaled by the sampler's `init_noise_sigma`,
 //! denoise with classifier-free guidance (SDXL with its added conditions), decode with the VAE.
 
 use burn::prelude::*;
 use burn::tensor::DType;
 
 use super::noise::NoiseGenerator;
-use super::prompt_encoding::{LearnedRows, encode_prompts, sdxl_time_ids, time_ids_tensor};
+use super::prompt_encoding::{LearnedRows, encode_weighted_prompt, sdxl_time_ids, time_ids_tensor};
 use crate::loading::StableDiffusion;
 use crate::schedulers::{NoiseScheduleConfig, SamplerConfig, SchedulerError};
 use crate::vocabulary::{Vocabulary, VocabularyError};
@@ -117,16 +117,8 @@ pub fn sample_latents(
         first: extra.as_ref(),
         second: extra_2.as_ref(),
     };
-    let encode = |text: &str| {
-        encode_prompts(
-            sd,
-            vocab,
-            &vec![text.to_string(); count],
-            learned,
-            r.clip_skip,
-            device,
-        )
-    };
+    // Prompts in A1111's syntax: emphasis, BREAK, any length (see `crate::prompt`).
+    let encode = |text: &str| encode_weighted_prompt(sd, vocab, text, learned, r.clip_skip, device);
     let cond = encode(&r.prompt)?;
     let guided = r.guidance > 1.0;
     let conditioning = if guided {
@@ -139,9 +131,18 @@ pub fn sample_latents(
         } else {
             encode(&r.negative)?
         };
-        uncond.cat(cond)
+        // A prompt and a negative prompt of different lengths: the shorter one gets encoded
+        // empty prompts appended (A1111's `pad_cond`).
+        let (lc, lu) = (cond.context.dims()[1], uncond.context.dims()[1]);
+        let (cond, uncond) = if lc == lu {
+            (cond, uncond)
+        } else {
+            let empty = encode("")?;
+            (cond.pad_to(lu, &empty), uncond.pad_to(lc, &empty))
+        };
+        uncond.repeat(count).cat(cond.repeat(count))
     } else {
-        cond
+        cond.repeat(count)
     };
     let batch = if guided { 2 * count } else { count };
     let added = conditioning.added(|| {

@@ -72,6 +72,7 @@ pub fn load_image_folder(dir: &Path, opts: &LoadImagesOptions) -> Result<ImageSe
         };
         warnings.extend(loaded.warnings);
         let (mut rgb, mut alpha) = (loaded.rgb, loaded.alpha);
+        let original_size = rgb.dimensions();
         if let Some(res) = opts.resolution.and_then(|r| u32::try_from(r).ok()) {
             let (w, h) = rgb.dimensions();
             if w.min(h) < res {
@@ -86,6 +87,7 @@ pub fn load_image_folder(dir: &Path, opts: &LoadImagesOptions) -> Result<ImageSe
             rgb,
             alpha,
             caption,
+            original_size,
         });
     }
 

@@ -96,6 +96,9 @@ pub struct TrainImage {
     pub alpha: Option<Vec<u8>>,
     /// The sidecar caption (`NAME.txt`), trimmed; `None` when there is none or it is empty.
     pub caption: Option<String>,
+    /// `(width, height)` of the picture as decoded, before any downscaling at load (SDXL's
+    /// micro-conditioning is given the original size).
+    pub original_size: (u32, u32),
 }
 
 impl TrainImage {

@@ -34,8 +34,8 @@ pub struct Prepared {
     /// raw alpha, resized, cropped and flipped like the pixels; the trainer downsamples it to the
     /// latent size and normalises it (A1111: min 0, mean 1).
     pub weight: Option<Vec<f32>>,
-    /// The source image's `(height, width)` before resizing, and the crop's `(top, left)` in
-    /// the resized image: SDXL's micro-conditioning (diffusers' `textual_inversion_sdxl.py`
+    /// The source file's `(height, width)` (before any resizing), and the crop's `(top, left)`
+    /// in the resized image: SDXL's micro-conditioning (diffusers' `textual_inversion_sdxl.py`
     /// records the same two pairs).
     pub original_size: [usize; 2],
     pub crop_top_left: [usize; 2],
@@ -94,7 +94,8 @@ pub fn prepare(
 ) -> Prepared {
     assert!(resolution > 0, "training resolution must be positive");
     let res = u32::try_from(resolution).expect("resolution fits in u32");
-    let original_size = [img.rgb.height() as usize, img.rgb.width() as usize];
+    let (ow, oh) = img.original_size;
+    let original_size = [oh as usize, ow as usize];
     let (rgb, alpha) = resize_short_side(&img.rgb, img.alpha.as_deref(), res);
     let (w, h) = rgb.dimensions();
     let (x0, y0) = match crop {
