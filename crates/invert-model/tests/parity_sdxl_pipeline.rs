@@ -238,6 +238,7 @@ fn request(negative: &str, sampler: SamplerKind, g: &Golden, device: &Device) ->
         height: 24,
         sampler: SamplerConfig::new(sampler),
         clip_skip: 1,
+        emphasis: Default::default(),
         init_latents: Some(g.f32("e2e.init_latents", device)),
     }
 }

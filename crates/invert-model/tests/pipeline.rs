@@ -84,6 +84,7 @@ fn request(prompt: &str, negative: &str) -> Request {
         height: 64,
         sampler: SamplerConfig::new(SamplerKind::Pndm),
         clip_skip: 1,
+        emphasis: Default::default(),
         init_latents: None,
     }
 }
@@ -322,15 +323,16 @@ fn generation_in_half_precision_stays_close_to_f32() {
 /// more 77-token chunks, and a prompt and negative prompt of different lengths still generate.
 #[test]
 fn a1111_prompt_syntax_in_generation() {
-    use invert_model::pipeline::prompt_encoding::{LearnedRows, encode_weighted_prompt};
+    use invert_model::pipeline::prompt_encoding::{Emphasis, LearnedRows, encode_weighted_prompt};
     let device = Device::flex();
     let sd = tiny_sd1(&device);
     let vocab = vocabulary(&sd, &[]);
-    let encode = |p: &str| {
-        encode_weighted_prompt(&sd, &vocab, p, LearnedRows::default(), 1, &device)
+    let encode_with = |p: &str, emphasis| {
+        encode_weighted_prompt(&sd, &vocab, p, LearnedRows::default(), 1, emphasis, &device)
             .unwrap()
             .context
     };
+    let encode = |p: &str| encode_with(p, Emphasis::A1111);
     let plain = encode("a photo of a cat");
     assert_eq!(plain.dims()[1], 77);
     assert_eq!(
@@ -344,6 +346,15 @@ fn a1111_prompt_syntax_in_generation() {
         "emphasis changes the conditioning"
     );
     assert_eq!(encode("a photo BREAK of a cat").dims()[1], 154);
+    // ComfyUI's rule: weight 0 gives the empty prompt's output at that position, weight 1 the
+    // token's own; A1111's rule differs from it.
+    let comfy = encode_with("a photo of a (cat:1.5)", Emphasis::Comfy);
+    assert!(max_abs_diff(comfy.clone(), encode("a photo of a (cat:1.5)")) > 1e-4);
+    let zero = encode_with("(a photo of a cat:0)", Emphasis::Comfy);
+    let empty = encode_with("", Emphasis::A1111);
+    // Positions 1..6 carry the words (weight 0), BOS is never weighted.
+    let words = |t: Tensor<3>| t.slice([0..1, 1..6, 0..32]);
+    assert!(max_abs_diff(words(zero), words(empty)) < 1e-5);
     let long = ["cat"; 100].join(" ");
     assert_eq!(encode(&long).dims()[1], 154);
 

@@ -91,6 +91,7 @@ fn a_toy_run_writes_a_folder_that_loads_and_samples() {
         height: 16,
         sampler: SamplerConfig::new(SamplerKind::Ddim),
         clip_skip: 1,
+        emphasis: Default::default(),
         init_latents: None,
     };
     let latents = sample_latents(&sd, &vocab, &request, 2, &device, |_, _| {}).unwrap();

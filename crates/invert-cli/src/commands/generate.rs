@@ -11,6 +11,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use invert_model::embedding::read_embeddings;
 use invert_model::loading::{StableDiffusion, load};
+use invert_model::pipeline::prompt_encoding::Emphasis;
 use invert_model::pipeline::{
     Image, Parameters, Request, a1111_sampler_name, decode, encode_png, grid, grid_columns,
     sample_latents, validate,
@@ -74,6 +75,10 @@ pub struct GenerateArgs {
     /// Text-encoder layers to skip at the end (A1111's "clip skip"; 1 = none).
     #[arg(long, default_value_t = 1)]
     pub clip_skip: usize,
+    /// How (word:1.3) weights act: a1111 (scale each token's output, restore the mean) or
+    /// comfy (empty + (z - empty) * weight, as ComfyUI does).
+    #[arg(long, default_value = "a1111")]
+    pub weighting: Emphasis,
     /// Start from these latents (a safetensors file with one tensor [n, 4, h/8, w/8]) instead
     /// of noise, to reproduce another tool's image exactly.
     #[arg(long)]
@@ -283,6 +288,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 height,
                 sampler: sampler.clone(),
                 clip_skip: args.clip_skip,
+                emphasis: args.weighting,
                 init_latents: init.as_ref().map(|l| {
                     l.clone()
                         .narrow(0, first, n.min(l.dims()[0].saturating_sub(first)))

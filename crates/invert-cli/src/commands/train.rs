@@ -291,6 +291,7 @@ fn preview(trainer: &Trainer, out: &Path) -> Result<PathBuf> {
             height: size,
             sampler: SamplerConfig::new(SamplerKind::Ddim),
             clip_skip: c.clip_skip,
+            emphasis: Default::default(),
             init_latents: None,
         };
         let latents = sample_latents(

@@ -129,17 +129,44 @@ pub fn time_ids_tensor(rows: &[[f32; 6]], device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(flat, [rows.len(), 6]), device)
 }
 
+/// How emphasis weights act on the text encoder's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Emphasis {
+    /// A1111's default ("Original"): each token's output times its weight, then the chunk
+    /// brought back to its original mean.
+    #[default]
+    A1111,
+    /// ComfyUI's: `empty + (z - empty) * w` per token, `empty` the output for the empty prompt
+    /// at the same position (`ClipTokenWeightEncoder.encode_token_weights`).
+    Comfy,
+}
+
+impl std::str::FromStr for Emphasis {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "a1111" => Ok(Emphasis::A1111),
+            "comfy" => Ok(Emphasis::Comfy),
+            other => Err(format!(
+                "unknown weighting `{other}` (expected a1111 or comfy)"
+            )),
+        }
+    }
+}
+
 /// The conditioning of one prompt written in A1111's syntax (`crate::prompt`): emphasis
 /// weights, `BREAK`, and any length. Each 75-token chunk is encoded on its own (for SDXL by both
 /// encoders, the pooled embedding from the first chunk, as A1111 does) and the chunks are
-/// concatenated along the sequence; a chunk whose weights are not all 1 is scaled per token and
-/// brought back to its original mean (A1111's default "Original" emphasis). Returns `[1, 77 k, d]`.
+/// concatenated along the sequence; a chunk whose weights are not all 1 is weighted by
+/// `emphasis`. Returns `[1, 77 k, d]`.
 pub fn encode_weighted_prompt(
     sd: &StableDiffusion,
     vocab: &Vocabulary,
     prompt: &str,
     learned: LearnedRows,
     clip_skip: usize,
+    emphasis: Emphasis,
     device: &Device,
 ) -> Result<TextConditioning, VocabularyError> {
     let chunks = chunk_prompt(&vocab.first.tokenizer, prompt)?;
@@ -152,46 +179,85 @@ pub fn encode_weighted_prompt(
         let n = v.len();
         Tensor::<2, Int>::from_data(TensorData::new(v, [1, n]), device)
     };
+    // One chunk (and its twin for SDXL's second tokenizer) to hidden states and pooled output.
+    let encode_chunk = |chunk: &PromptChunk, other: Option<&PromptChunk>| match (
+        &sd.text_encoder_2,
+        other,
+        &vocab.second,
+    ) {
+        (Some(te2), Some(other), Some(second)) => {
+            let tm = &sd.text_encoder.text_model;
+            let layers = tm.num_layers() - clip_skip.clamp(1, tm.num_layers() - 1);
+            let h1 = tm.hidden_state(ids(chunk), learned.first, layers);
+            let out = te2.forward_skipping(
+                ids(other),
+                learned.second,
+                second.tokenizer.eos_id() as i64,
+                clip_skip,
+            );
+            (
+                Tensor::cat(vec![h1, out.penultimate], 2),
+                Some(out.text_embeds),
+            )
+        }
+        _ => (
+            sd.text_encoder
+                .forward(ids(chunk), learned.first, clip_skip),
+            None,
+        ),
+    };
+    let empty_chunks = |tokenizer| chunk_prompt(tokenizer, "").map(|mut c| c.remove(0));
+    let empty_1 = empty_chunks(&vocab.first.tokenizer)?;
+    let empty_2 = match &vocab.second {
+        Some(second) => Some(empty_chunks(&second.tokenizer)?),
+        None => None,
+    };
+    let mut empty_hidden = None;
     let mut contexts = Vec::with_capacity(chunks.len());
     let mut pooled = None;
     for (i, chunk) in chunks.iter().enumerate() {
-        let (hidden, text_embeds) = match (&sd.text_encoder_2, &chunks_2, &vocab.second) {
-            (Some(te2), Some(chunks_2), Some(second)) => {
-                // Both tokenizers share CLIP's vocabulary, so their chunks line up; a chunk
-                // missing on the second side (it cannot happen with equal vocabularies) is an
-                // empty prompt there.
-                let other = chunks_2.get(i).cloned().unwrap_or_else(|| {
-                    chunk_prompt(&second.tokenizer, "").expect("the empty prompt")[0].clone()
-                });
-                let tm = &sd.text_encoder.text_model;
-                let layers = tm.num_layers() - clip_skip.clamp(1, tm.num_layers() - 1);
-                let h1 = tm.hidden_state(ids(chunk), learned.first, layers);
-                let out = te2.forward_skipping(
-                    ids(&other),
-                    learned.second,
-                    second.tokenizer.eos_id() as i64,
-                    clip_skip,
-                );
-                (
-                    Tensor::cat(vec![h1, out.penultimate], 2),
-                    Some(out.text_embeds),
-                )
-            }
-            _ => (
-                sd.text_encoder
-                    .forward(ids(chunk), learned.first, clip_skip),
-                None,
-            ),
-        };
+        // Both tokenizers share CLIP's vocabulary, so their chunks line up; a chunk missing on
+        // the second side (not possible with equal vocabularies) is the empty prompt there.
+        let other = chunks_2.as_ref().map(|c| {
+            c.get(i)
+                .unwrap_or(empty_2.as_ref().expect("second tokenizer"))
+        });
+        let (hidden, text_embeds) = encode_chunk(chunk, other);
         if pooled.is_none() {
             pooled = text_embeds;
         }
-        contexts.push(apply_emphasis(hidden, &chunk.weights));
+        let weighted = match emphasis {
+            _ if chunk.weights.iter().all(|&w| w == 1.0) => hidden,
+            Emphasis::A1111 => apply_emphasis(hidden, &chunk.weights),
+            Emphasis::Comfy => {
+                let empty = empty_hidden
+                    .get_or_insert_with(|| encode_chunk(&empty_1, empty_2.as_ref()).0)
+                    .clone();
+                apply_comfy_emphasis(hidden, empty, &chunk.weights)
+            }
+        };
+        contexts.push(weighted);
     }
     Ok(TextConditioning {
         context: Tensor::cat(contexts, 1),
         text_embeds: pooled,
     })
+}
+
+/// ComfyUI's emphasis: `empty + (z - empty) * w` per token, `empty` `[1, l, d]` the encoded
+/// empty prompt.
+pub fn apply_comfy_emphasis(z: Tensor<3>, empty: Tensor<3>, weights: &[f32]) -> Tensor<3> {
+    let [b, l, _] = z.dims();
+    let dtype = z.dtype();
+    let (z, empty) = (
+        z.cast(burn::tensor::DType::F32),
+        empty.cast(burn::tensor::DType::F32),
+    );
+    let w = Tensor::<1>::from_data(TensorData::new(weights.to_vec(), [l]), &z.device())
+        .reshape([1, l, 1])
+        .expand([b as i64, l as i64, 1]);
+    let empty = empty.expand(z.dims());
+    (empty.clone() + (z - empty) * w).cast(dtype)
 }
 
 /// A1111's "Original" emphasis (`sd_emphasis.EmphasisOriginal`): each token's output times its
@@ -242,6 +308,17 @@ impl TextConditioning {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn comfy_emphasis_interpolates_from_the_empty_prompt() {
+        let device = Device::flex();
+        let t = |v: Vec<f32>| Tensor::<3>::from_data(TensorData::new(v, [1, 2, 1]), &device);
+        let got = apply_comfy_emphasis(t(vec![3.0, 5.0]), t(vec![1.0, 1.0]), &[2.0, 0.5])
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_eq!(got, [1.0 + 2.0 * 2.0, 1.0 + 4.0 * 0.5]);
+    }
 
     #[test]
     fn emphasis_scales_tokens_and_restores_the_mean() {

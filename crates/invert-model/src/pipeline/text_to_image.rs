@@ -7,7 +7,9 @@ use burn::prelude::*;
 use burn::tensor::DType;
 
 use super::noise::NoiseGenerator;
-use super::prompt_encoding::{LearnedRows, encode_weighted_prompt, sdxl_time_ids, time_ids_tensor};
+use super::prompt_encoding::{
+    Emphasis, LearnedRows, encode_weighted_prompt, sdxl_time_ids, time_ids_tensor,
+};
 use crate::loading::StableDiffusion;
 use crate::schedulers::{NoiseScheduleConfig, SamplerConfig, SchedulerError};
 use crate::vocabulary::{Vocabulary, VocabularyError};
@@ -48,6 +50,8 @@ pub struct Request {
     pub sampler: SamplerConfig,
     /// Text-encoder layers to skip at the end (1 = none; A1111's "clip skip").
     pub clip_skip: usize,
+    /// How `(word:1.3)` weights act (A1111's or ComfyUI's rule).
+    pub emphasis: Emphasis,
     /// Exact starting latents `[count, 4, h/f, w/f]` (e.g. from another tool), instead of noise.
     pub init_latents: Option<Tensor<4>>,
 }
@@ -118,7 +122,9 @@ pub fn sample_latents(
         second: extra_2.as_ref(),
     };
     // Prompts in A1111's syntax: emphasis, BREAK, any length (see `crate::prompt`).
-    let encode = |text: &str| encode_weighted_prompt(sd, vocab, text, learned, r.clip_skip, device);
+    let encode = |text: &str| {
+        encode_weighted_prompt(sd, vocab, text, learned, r.clip_skip, r.emphasis, device)
+    };
     let cond = encode(&r.prompt)?;
     let guided = r.guidance > 1.0;
     let conditioning = if guided {

@@ -83,6 +83,7 @@ impl Judge<'_> {
             height: native,
             sampler: SamplerConfig::new(self.settings.sampler),
             clip_skip: 1,
+            emphasis: Default::default(),
             init_latents: None,
         };
         let latents = sample_latents(
