@@ -1,19 +1,21 @@
-//! Which Stable Diffusion a single-file checkpoint is, and the published configs of each
-//! (`configs/` at the repo root, compiled in so the binary needs no data files).
+//! Which Stable Diffusion a single-file checkpoint is (SD 1.x, 2.x base or 768-v, SDXL), and the
+//! published configs of each (`configs/` at the repo root, compiled in so the binary needs no
+//! data files).
 //!
 //! Detection follows what diffusers and ComfyUI do (configs/README.md, "Telling the models
-//! apart"): the text tower's layout and the cross-attention width separate SD1 from SD2; SD2
+//! apart"): SDXL has a second text encoder (`conditioner.embedders.1`) and the U-Net's
+//! `label_emb`; the text tower's layout and the cross-attention width separate SD1 from SD2; SD2
 //! base and SD2 768-v have identical keys and shapes, so metadata is used when present, then
 //! ComfyUI's weight statistic.
 
 use std::path::{Path, PathBuf};
 
 use crate::clip::keys::{LdmTextLayout, SGM_CLIP_G_PREFIX, ldm_text_encoder_layout};
+use crate::weights::TensorReader;
 
 /// SDXL's U-Net `add_embedding` in a single-file checkpoint (diffusers' `infer_diffusers_model_type`
 /// tests for this and the second text encoder).
 const SDXL_LABEL_EMB: &str = "model.diffusion_model.label_emb.";
-use crate::weights::TensorReader;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
