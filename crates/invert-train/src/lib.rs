@@ -3,11 +3,8 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
-pub mod eval;
 pub mod lr_schedule;
+pub mod norm_guard;
 pub mod optimizer;
-pub mod oracle;
-pub mod pretrain;
 pub mod templates;
 pub mod trainer;
-pub mod world;

@@ -26,6 +26,7 @@ use invert_model::vocabulary::{Init, Vocabulary};
 use crate::config::{ScheduleKind, TrainConfig};
 use crate::data::{Crop, ImageSet, prepare};
 use crate::lr_schedule::LrSchedule;
+use crate::norm_guard::{clip_row_norms, median_row_norm};
 use crate::optimizer::{OptimizerState, clip_grad_norm};
 use crate::templates::Templates;
 
@@ -158,7 +159,7 @@ impl Trainer {
                 let rows = table_2
                     .init_vectors(&weights, &init, config.vectors)
                     .map_err(|e| setup(format!("--init {init_text:?}: {e}")))?;
-                Some((rows, median_norm(weights)))
+                Some((rows, median_row_norm(weights)))
             }
             _ => None,
         };
@@ -169,7 +170,7 @@ impl Trainer {
                 second.as_ref().map(|(rows, _)| rows.as_slice()),
             )
             .map_err(|e| setup(format!("--token: {e}")))?;
-        let vocab_median_norm = median_norm(table);
+        let vocab_median_norm = median_row_norm(table);
         let second_median_norm = second.as_ref().map(|(_, norm)| *norm);
         if let Some((rows, _)) = second {
             params.extend(rows);
@@ -549,23 +550,6 @@ impl Trainer {
         let rest = &self.params[self.first_len()..];
         (!rest.is_empty()).then_some(rest)
     }
-}
-
-/// Scales down each `width`-long row of `rows` whose L2 norm exceeds `limit` to that norm.
-fn clip_row_norms(rows: &mut [f32], width: usize, limit: f32) {
-    for row in rows.chunks_mut(width) {
-        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-        if n > limit {
-            row.iter_mut().for_each(|x| *x *= limit / n);
-        }
-    }
-}
-
-/// The median L2 norm of a token table's rows.
-fn median_norm(table: Tensor<2>) -> f32 {
-    let mut norms = crate::pretrain::picture_words::row_norms(table);
-    norms.sort_by(f32::total_cmp);
-    norms[norms.len() / 2]
 }
 
 /// Downsamples a `[res, res]` alpha weight to the latent grid by averaging, normalised to mean

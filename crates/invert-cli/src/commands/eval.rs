@@ -1,5 +1,5 @@
 //! `invert eval`: measures the bundled model and words learned on it with the world oracle
-//! (see `invert_train::eval`): prints the table, writes report.md / report.json, the
+//! (see `invert_eval`): prints the table, writes report.md / report.json, the
 //! reconstruction-vs-editability plot (figure10.png) and a grid of every prompt's pictures.
 
 use std::path::{Path, PathBuf};
@@ -7,15 +7,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use invert_eval::report::EvalReport;
+use invert_eval::{EvalSettings, Judge, Method};
 use invert_model::embedding::read_embeddings;
 use invert_model::loading::{LoadOptions, load};
 use invert_model::pipeline::{Image, encode_png, grid};
 use invert_model::schedulers::SamplerKind;
 use invert_model::vocabulary::Vocabulary;
 use invert_model::weights::safetensors_write::write_atomic;
-use invert_train::eval::report::EvalReport;
-use invert_train::eval::{self, EvalSettings, Judge, Method};
-use invert_train::world::concepts::{self, Kind};
+use invert_world::world::concepts::{self, Kind};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -45,7 +45,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "ddim")]
     pub sampler: String,
     /// Classifier-free guidance scale (the bundled model's colours over-saturate at SD's 7.5).
-    #[arg(long, default_value_t = invert_train::eval::WORLD_GUIDANCE)]
+    #[arg(long, default_value_t = invert_eval::WORLD_GUIDANCE)]
     pub cfg: f64,
     #[arg(long, default_value_t = 1000)]
     pub seed: u64,
@@ -89,7 +89,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .with_context(|| format!("could not load the model at {}", model_path.display()))?;
     let oracle_dir = args.oracle.clone().unwrap_or_else(default_oracle);
     let (oracle, oracle_cfg) =
-        invert_train::oracle::load(&oracle_dir, &device).map_err(|e| anyhow!(e))?;
+        invert_world::oracle::load(&oracle_dir, &device).map_err(|e| anyhow!(e))?;
     let native = sd.config.vae.downscale_factor() * sd.config.unet_sample_size();
     if native != oracle_cfg.image_size {
         bail!(
@@ -159,7 +159,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let fidelity = if args.fidelity_prompts > 0 {
         let bar = ProgressBar::new(args.fidelity_prompts as u64).with_style(style.clone());
         bar.set_prefix("fidelity");
-        let f = eval::fidelity(&judge, &mut keep, |i, _| bar.set_position(i as u64))
+        let f = invert_eval::fidelity(&judge, &mut keep, |i, _| bar.set_position(i as u64))
             .map_err(|e| anyhow!(e))?;
         bar.finish();
         Some(f)
@@ -172,7 +172,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     bar.set_prefix("concepts");
     for c in &learned {
         for m in Method::ALL {
-            scores.push(eval::concept_scores(&judge, c, m, &mut keep).map_err(|e| anyhow!(e))?);
+            scores.push(
+                invert_eval::concept_scores(&judge, c, m, &mut keep).map_err(|e| anyhow!(e))?,
+            );
             bar.inc(1);
         }
     }
@@ -180,7 +182,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut compositions = Vec::new();
     for o in learned.iter().filter(|c| c.kind == Kind::Object) {
         for s in learned.iter().filter(|c| c.kind == Kind::Style) {
-            compositions.push(eval::composition(&judge, o, s, &mut keep).map_err(|e| anyhow!(e))?);
+            compositions
+                .push(invert_eval::composition(&judge, o, s, &mut keep).map_err(|e| anyhow!(e))?);
         }
     }
     let report = EvalReport {
@@ -205,7 +208,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     write_atomic(&args.out.join("report.json"), &json, true).map_err(|e| anyhow!(e))?;
     if !report.concepts.is_empty() {
         let names: Vec<String> = learned.iter().map(|c| c.name.to_string()).collect();
-        let (w, h, rgb) = eval::plot::render(&report.concepts, &names);
+        let (w, h, rgb) = invert_eval::plot::render(&report.concepts, &names);
         let plot = Image {
             width: w,
             height: h,

@@ -1,12 +1,12 @@
 //! `invert pretrain`: trains the bundled base model on the procedural world (see
-//! `invert_train::pretrain`).
+//! `invert_world::pretrain`).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use invert_train::pretrain::{self, PretrainConfig, Progress};
+use invert_world::pretrain::{self, PretrainConfig, Progress};
 
 #[derive(Args)]
 pub struct PretrainArgs {

@@ -8,8 +8,8 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use invert_model::pipeline::{Image, encode_png};
 use invert_model::weights::safetensors_write::write_atomic;
-use invert_train::oracle::{self, OracleConfig, OracleTraining};
-use invert_train::world::{self, concepts};
+use invert_world::oracle::{self, OracleConfig, OracleTraining};
+use invert_world::world::{self, concepts};
 
 #[derive(Subcommand)]
 pub enum WorldCommand {

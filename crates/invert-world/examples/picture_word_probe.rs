@@ -1,13 +1,13 @@
 //! Diagnostic: the picture words a continued run's encoder makes for each bundled concept
 //! (mean over 16 renderings of the concept, scaled to the vocabulary norm), written as learned
 //! embeddings so `invert eval --learned` can judge them: what textual inversion could reach.
-//!   cargo run --release -p invert-train --example picture_word_probe -- WORK MODEL OUT
+//!   cargo run --release -p invert-world --example picture_word_probe -- WORK MODEL OUT
 use burn::prelude::*;
 use invert_model::embedding::{EmbeddingFormat, EmbeddingMeta, LearnedEmbedding};
 use invert_model::embedding::{WriteFormat, write_embedding};
 use invert_model::loading::{LoadOptions, load};
-use invert_train::pretrain::picture_words::{encoder_for, mean_row_norm};
-use invert_train::pretrain::{PretrainConfig, checkpoint, diffusion_stage::Denoiser};
+use invert_world::pretrain::picture_words::{encoder_for, mean_row_norm};
+use invert_world::pretrain::{PretrainConfig, checkpoint, diffusion_stage::Denoiser};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -42,9 +42,9 @@ fn main() {
             .val(),
     );
     println!("vocabulary mean row norm {norm}");
-    for c in invert_train::world::concepts::bundled() {
+    for c in invert_world::world::concepts::bundled() {
         let scenes = c.scenes(count, 5);
-        let images = invert_train::world::pictures_tensor(&scenes, a.image_size, &device);
+        let images = invert_world::world::pictures_tensor(&scenes, a.image_size, &device);
         let lat = sd.vae.encode(images).mean * sd.vae.scaling_factor;
         let v = d.picture.as_ref().unwrap().forward(lat, norm).mean_dim(0);
         let len = v.clone().powf_scalar(2.0).sum().sqrt().into_scalar::<f32>();

@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
+use invert_eval::{EvalSettings, Judge};
 use invert_model::loading::{LoadOptions, load};
 use invert_model::vocabulary::Vocabulary;
-use invert_train::eval::{EvalSettings, Judge};
-use invert_train::oracle::{self, OracleTraining};
+use invert_world::oracle::{self, OracleTraining};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -9,7 +9,7 @@ use invert_model::loading::{LoadOptions, load};
 use invert_model::pipeline::{Request, decode, sample_latents};
 use invert_model::schedulers::{SamplerConfig, SamplerKind};
 use invert_model::vocabulary::Vocabulary;
-use invert_train::pretrain::{self, Architecture, PretrainConfig, Progress};
+use invert_world::pretrain::{self, Architecture, PretrainConfig, Progress};
 
 fn toy() -> PretrainConfig {
     PretrainConfig {

@@ -1,8 +1,8 @@
 //! The reconstruction-vs-editability plot of the paper's Figure 10, as a PNG: one marker per
 //! (concept, method), the colour giving the method and the shape the concept.
 
-use super::font::glyph;
-use super::{ConceptScore, Method};
+use crate::font::glyph;
+use crate::{ConceptScore, Method};
 
 const W: usize = 720;
 const H: usize = 520;

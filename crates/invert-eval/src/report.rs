@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{Composition, ConceptScore, Fidelity, Method};
+use crate::{Composition, ConceptScore, Fidelity, Method};
 
 /// Goals of the issue: prompt fidelity per attribute, and reconstruction of the learned word
 /// well above the initialiser word's.

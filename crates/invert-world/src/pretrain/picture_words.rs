@@ -25,6 +25,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
+use invert_train::norm_guard::row_norms;
 
 #[derive(Config, Debug)]
 pub struct PictureEncoderConfig {
@@ -84,16 +85,6 @@ pub fn encoder_for(config: &super::PretrainConfig, device: &Device) -> Option<Pi
     let a = &config.architecture;
     (config.picture_words > 0.0)
         .then(|| PictureEncoderConfig::new(a.latent_channels, a.text_width).init(device))
-}
-
-/// Euclidean norm of each row of `[n, width]` vectors.
-pub fn row_norms(rows: Tensor<2>) -> Vec<f32> {
-    rows.powf_scalar(2.0)
-        .sum_dim(1)
-        .sqrt()
-        .into_data()
-        .try_to_vec::<f32>()
-        .expect("f32 rows")
 }
 
 /// Mean Euclidean norm of the rows of a token-embedding table `[vocab, width]`.

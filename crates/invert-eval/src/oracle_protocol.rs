@@ -7,10 +7,6 @@
 //!   initialiser word and the best plain-text description;
 //! - composition: an object word in a style word.
 
-pub mod font;
-pub mod plot;
-pub mod report;
-
 use burn::prelude::*;
 use invert_model::loading::StableDiffusion;
 use invert_model::pipeline::{Image, Request, decode, sample_latents};
@@ -20,10 +16,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::oracle::Oracle;
-use crate::world::concepts::{Concept, resolve};
-use crate::world::scene::{BACKGROUND, COLOUR, POSITION, SHAPE, SIZE};
-use crate::world::{ATTRIBUTES, Scene};
+use invert_world::oracle::Oracle;
+use invert_world::world::concepts::{Concept, resolve};
+use invert_world::world::scene::{BACKGROUND, COLOUR, POSITION, SHAPE, SIZE};
+use invert_world::world::{ATTRIBUTES, Scene};
 
 /// Classifier-free guidance of the measurements. Stable Diffusion's usual 7.5 over-saturates the
 /// bundled model's colours (docs/WORLD.md: colour fidelity 89.6% at 7.5, 95.3% at 5, 99.5% at 2
