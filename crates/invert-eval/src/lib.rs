@@ -2,6 +2,7 @@
 //! Figure 10): reconstruction and editability. On the bundled world the judge is its oracle
 //! (`oracle_protocol`); `plot` draws the Figure-10 scatter and `report` writes the tables.
 
+pub mod clip_metrics;
 mod font;
 mod oracle_protocol;
 pub mod plot;
