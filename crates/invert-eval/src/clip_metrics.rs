@@ -15,10 +15,10 @@
 //! re-implementations report it (when the pairwise mean is positive, this is at least as large:
 //! the means have norm at most 1).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How a set-to-set similarity is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Reading {
     /// Mean cosine over all pairs (the paper's `clip_eval.py`).
     #[default]
@@ -29,7 +29,11 @@ pub enum Reading {
 
 /// `v / |v|` (a zero vector stays zero).
 pub fn normalized(v: &[f32]) -> Vec<f64> {
-    let norm = v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+    let norm = v
+        .iter()
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
+        .sqrt();
     v.iter()
         .map(|&x| if norm > 0.0 { x as f64 / norm } else { 0.0 })
         .collect()
@@ -138,7 +142,12 @@ mod tests {
     #[test]
     fn text_similarity_averages_over_generated_images() {
         let text = vec![0.0, 2.0];
-        let generated = vec![vec![0.0, 1.0], vec![1.0, 0.0], vec![-1.0, 0.0], vec![0.0, -4.0]];
+        let generated = vec![
+            vec![0.0, 1.0],
+            vec![1.0, 0.0],
+            vec![-1.0, 0.0],
+            vec![0.0, -4.0],
+        ];
         let got = text_similarity(&text, &generated, Reading::PairwiseMean).unwrap();
         assert!(close(got, 0.0), "{got}");
         let got = text_similarity(&text, &generated[..1], Reading::PairwiseMean).unwrap();
@@ -147,7 +156,10 @@ mod tests {
 
     #[test]
     fn empty_or_mismatched_sets_have_no_similarity() {
-        assert_eq!(set_similarity(&[], &[vec![1.0]], Reading::PairwiseMean), None);
+        assert_eq!(
+            set_similarity(&[], &[vec![1.0]], Reading::PairwiseMean),
+            None
+        );
         assert_eq!(
             set_similarity(&[vec![1.0, 0.0]], &[vec![1.0]], Reading::PairwiseMean),
             None
@@ -165,6 +177,9 @@ mod tests {
             "in the style of"
         );
         // the paper's own placeholder
-        assert_eq!(prompt_without_words("an oil painting of *", &["*"]), "an oil painting of");
+        assert_eq!(
+            prompt_without_words("an oil painting of *", &["*"]),
+            "an oil painting of"
+        );
     }
 }

@@ -5,6 +5,8 @@
 pub mod clip_metrics;
 mod font;
 mod oracle_protocol;
+pub mod paper_experiment;
+pub mod paper_report;
 pub mod plot;
 pub mod report;
 

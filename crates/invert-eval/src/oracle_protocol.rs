@@ -195,16 +195,36 @@ pub enum Method {
     Learned,
     InitWord,
     BestText,
+    /// The prompt with the word left out (the paper's "prompt only" baseline; CLIP protocol).
+    PromptOnly,
 }
 
 impl Method {
-    pub const ALL: [Method; 3] = [Method::Learned, Method::InitWord, Method::BestText];
+    /// The methods the world's oracle protocol measures.
+    pub const WORLD: [Method; 3] = [Method::Learned, Method::InitWord, Method::BestText];
+    pub const ALL: [Method; 4] = [
+        Method::Learned,
+        Method::InitWord,
+        Method::BestText,
+        Method::PromptOnly,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Method::Learned => "learned word",
             Method::InitWord => "initialiser word",
             Method::BestText => "best plain text",
+            Method::PromptOnly => "prompt only",
+        }
+    }
+
+    /// Its folder name in an experiment's output.
+    pub fn folder(self) -> &'static str {
+        match self {
+            Method::Learned => "learned",
+            Method::InitWord => "init-word",
+            Method::BestText => "text",
+            Method::PromptOnly => "prompt-only",
         }
     }
 
@@ -214,6 +234,7 @@ impl Method {
             (Method::Learned, _) => c.token.to_string(),
             (Method::InitWord, _) => c.init_word.to_string(),
             (Method::BestText, _) => c.best_text.to_string(),
+            (Method::PromptOnly, _) => String::new(),
         }
     }
 }
@@ -225,7 +246,8 @@ pub struct ConceptScore {
     pub method: Method,
     pub reconstruction: f64,
     pub editability: f64,
-    /// Per edit prompt: (prompt, fraction obeying it, fraction still showing the concept).
+    /// Per edit prompt: (prompt, how well it is obeyed, how much of the concept is kept): with
+    /// the oracle the fractions of pictures, with CLIP the text and image similarities.
     pub edits: Vec<(String, f64, f64)>,
 }
 

@@ -74,33 +74,68 @@ pub fn method_colour(m: Method) -> [u8; 3] {
         Method::Learned => [220, 40, 40],
         Method::InitWord => [40, 80, 220],
         Method::BestText => [30, 150, 60],
+        Method::PromptOnly => [120, 120, 120],
     }
 }
 
-/// The plot as RGB8 `W`x`H`; `concepts` in legend order.
+/// The plot as RGB8 `W`x`H` on axes from 0 to 1 (the oracle's fractions); `concepts` in
+/// legend order.
 pub fn render(scores: &[ConceptScore], concepts: &[String]) -> (usize, usize, Vec<u8>) {
+    render_on(scores, concepts, (0.0, 1.0), (0.0, 1.0))
+}
+
+/// Axis limits that hold every point with a margin, on a 0.05 grid (CLIP similarities sit in
+/// a narrow band, e.g. text similarity 0.2-0.35).
+pub fn fitted_ranges(scores: &[ConceptScore]) -> ((f64, f64), (f64, f64)) {
+    let fit = |values: Vec<f64>| {
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if !lo.is_finite() || !hi.is_finite() {
+            return (0.0, 1.0);
+        }
+        let lo = ((lo - 0.02) / 0.05).floor() * 0.05;
+        let hi = ((hi + 0.02) / 0.05).ceil() * 0.05;
+        (lo, hi.max(lo + 0.05))
+    };
+    (
+        fit(scores.iter().map(|s| s.reconstruction).collect()),
+        fit(scores.iter().map(|s| s.editability).collect()),
+    )
+}
+
+/// The plot with reconstruction from `x.0` to `x.1` and editability from `y.0` to `y.1`.
+pub fn render_on(
+    scores: &[ConceptScore],
+    concepts: &[String],
+    x: (f64, f64),
+    y: (f64, f64),
+) -> (usize, usize, Vec<u8>) {
     let mut c = Canvas::new();
     let (l, t, r, b) = (AREA.0 as i64, AREA.1 as i64, AREA.2 as i64, AREA.3 as i64);
     let grey = [200, 200, 200];
     let black = [0, 0, 0];
     for k in 0..=5 {
         let f = k as f64 / 5.0;
-        let x = l + ((r - l) as f64 * f) as i64;
-        let y = b - ((b - t) as f64 * f) as i64;
-        c.rect(x, t, x, b, grey);
-        c.rect(l, y, r, y, grey);
-        let label = format!("{f:.1}");
-        c.text(x - 8, b + 8, &label, 1, black);
-        c.text(l - 26, y - 3, &label, 1, black);
+        let (px, py) = (
+            l + ((r - l) as f64 * f) as i64,
+            b - ((b - t) as f64 * f) as i64,
+        );
+        c.rect(px, t, px, b, grey);
+        c.rect(l, py, r, py, grey);
+        let (vx, vy) = (x.0 + (x.1 - x.0) * f, y.0 + (y.1 - y.0) * f);
+        c.text(px - 12, b + 8, &format!("{vx:.2}"), 1, black);
+        c.text(l - 34, py - 3, &format!("{vy:.2}"), 1, black);
     }
     c.rect(l, b, r, b + 1, black);
     c.rect(l - 1, t, l, b, black);
     c.text(l + 110, b + 26, "RECONSTRUCTION", 2, black);
     c.text(l - 60, t - 30, "EDITABILITY", 2, black);
     let to_px = |recon: f64, edit: f64| {
+        let fx = ((recon - x.0) / (x.1 - x.0)).clamp(0.0, 1.0);
+        let fy = ((edit - y.0) / (y.1 - y.0)).clamp(0.0, 1.0);
         (
-            l + ((r - l) as f64 * recon.clamp(0.0, 1.0)) as i64,
-            b - ((b - t) as f64 * edit.clamp(0.0, 1.0)) as i64,
+            l + ((r - l) as f64 * fx) as i64,
+            b - ((b - t) as f64 * fy) as i64,
         )
     };
     for s in scores {
@@ -113,7 +148,10 @@ pub fn render(scores: &[ConceptScore], concepts: &[String]) -> (usize, usize, Ve
     let mut ly = t + 10;
     c.text(lx, ly, "METHOD", 2, black);
     ly += 24;
-    for m in Method::ALL {
+    for m in Method::ALL
+        .into_iter()
+        .filter(|m| scores.iter().any(|s| s.method == *m))
+    {
         c.marker(lx + 7, ly + 6, 1, method_colour(m));
         c.text(lx + 22, ly + 3, m.name(), 1, black);
         ly += 20;

@@ -168,10 +168,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let mut scores = Vec::new();
     let bar =
-        ProgressBar::new((learned.len() * Method::ALL.len()) as u64).with_style(style.clone());
+        ProgressBar::new((learned.len() * Method::WORLD.len()) as u64).with_style(style.clone());
     bar.set_prefix("concepts");
     for c in &learned {
-        for m in Method::ALL {
+        for m in Method::WORLD {
             scores.push(
                 invert_eval::concept_scores(&judge, c, m, &mut keep).map_err(|e| anyhow!(e))?,
             );
