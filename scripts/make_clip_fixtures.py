@@ -51,6 +51,7 @@ FIX = os.path.join(ROOT, "crates/invert-model/tests/fixtures")
 OUT = os.path.join(FIX, "clip")
 FOLDER = os.path.join(OUT, "tiny-clip")
 OPEN_CLIP = os.path.join(OUT, "tiny-clip-open_clip.safetensors")
+FULL_SIZE = os.path.join(OUT, "full-size-keys.txt")
 GOLDEN = os.path.join(OUT, "golden.safetensors")
 TOKENIZER_SRC = os.path.join(FIX, "tiny-sdxl", "tokenizer")
 README = os.path.join(FIX, "README.md")
@@ -66,6 +67,22 @@ TEXT = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=37, num_hidden_l
 VISION = dict(hidden_size=24, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4, num_channels=3,
               image_size=32, patch_size=8, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=16)
 PROJECTION_DIM = 16
+# the architectures of openai/clip-vit-base-patch32 and openai/clip-vit-large-patch14 (their config.json
+# values; eos_token_id 2 as in those files)
+FULL_SIZE_MODELS = {
+    "openai/clip-vit-base-patch32": dict(
+        projection_dim=512,
+        text_config=dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_hidden_layers=12,
+                         eos_token_id=2, projection_dim=512),
+        vision_config=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                           patch_size=32, image_size=224, projection_dim=512)),
+    "openai/clip-vit-large-patch14": dict(
+        projection_dim=768,
+        text_config=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                         eos_token_id=2, projection_dim=768),
+        vision_config=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24,
+                           patch_size=14, image_size=224, projection_dim=768)),
+}
 TINY_SIZE = 32  # the tiny model's preprocessor: shortest edge 32, crop 32
 ROWS = (101,)  # rows of the 224 pixel values kept in the golden file (F32) per image
 
@@ -117,7 +134,7 @@ def write_png(path, arr):
 # ----------------------------------------------------------------------------------------------
 # the OpenAI / open_clip layout
 # ----------------------------------------------------------------------------------------------
-def to_open_clip(sd):
+def to_open_clip(sd, text_layers=None, vision_layers=None):
     """transformers CLIPModel state dict -> OpenAI CLIP / open_clip names (the inverse of transformers'
     convert_clip_original_pytorch_to_hf.py: in_proj = cat(q, k, v), proj / text_projection transposed)."""
     out = {}
@@ -134,8 +151,8 @@ def to_open_clip(sd):
                 out[d + f"mlp.c_fc.{p}"] = sd[s + f"mlp.fc1.{p}"]
                 out[d + f"mlp.c_proj.{p}"] = sd[s + f"mlp.fc2.{p}"]
 
-    tower("text_model.", "", TEXT["num_hidden_layers"])
-    tower("vision_model.", "visual.", VISION["num_hidden_layers"])
+    tower("text_model.", "", text_layers or TEXT["num_hidden_layers"])
+    tower("vision_model.", "visual.", vision_layers or VISION["num_hidden_layers"])
     out["token_embedding.weight"] = sd["text_model.embeddings.token_embedding.weight"]
     out["positional_embedding"] = sd["text_model.embeddings.position_embedding.weight"]
     for p in ("weight", "bias"):
@@ -317,10 +334,42 @@ def main():
                    "invert matches the default (torchvision) one")
 
     save_golden(gold)
+    write_full_size_keys()
     total = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(OUT) for f in fs)
     check(total < SIZE_LIMIT, f"clip/ is {total} bytes")
     record("size of clip/", f"{total} bytes")
     write_readme(total)
+
+
+def write_full_size_keys():
+    """The two OpenAI layouts at full size, built on torch's meta device (no weights): the config, then
+    `hf` (transformers) and `oc` (OpenAI / open_clip) key and shape lines, only for the first and last
+    encoder layer of each tower (a test expands the others from the depth)."""
+    lines = []
+    for name, cfg in FULL_SIZE_MODELS.items():
+        config = CLIPConfig(**cfg)
+        with torch.device("meta"):
+            model = CLIPModel(config)
+        sd = model.state_dict()
+        oc = to_open_clip(sd, config.text_config.num_hidden_layers, config.vision_config.num_hidden_layers)
+        n_text, n_vision = config.text_config.num_hidden_layers, config.vision_config.num_hidden_layers
+        keep_layers = (f"text_model.encoder.layers.0.", f"text_model.encoder.layers.{n_text - 1}.",
+                       f"vision_model.encoder.layers.0.", f"vision_model.encoder.layers.{n_vision - 1}.",
+                       "transformer.resblocks.0.", f"transformer.resblocks.{n_text - 1}.",
+                       "visual.transformer.resblocks.0.", f"visual.transformer.resblocks.{n_vision - 1}.")
+
+        def kept(k):
+            layered = ".layers." in k or ".resblocks." in k
+            return not layered or any(k.startswith(p) for p in keep_layers)
+
+        lines.append(f"# {name}: {len(sd)} transformers tensors, {len(oc)} OpenAI / open_clip tensors")
+        lines.append("config " + json.dumps(cfg, sort_keys=True))
+        lines += [f"hf {k} {','.join(map(str, v.shape))}" for k, v in sorted(sd.items()) if kept(k)]
+        lines += [f"oc {k} {','.join(map(str, v.shape))}" for k, v in sorted(oc.items()) if kept(k)]
+        record(f"{name} at full size (meta device)", f"{len(sd)} transformers tensors, {len(oc)} OpenAI / open_clip "
+               f"tensors; vision positions {sd['vision_model.embeddings.position_embedding.weight'].shape[0]}")
+    with open(FULL_SIZE, "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def save_golden(gold):
@@ -352,6 +401,10 @@ versions: {versions}.
   `visual.ln_post`, `visual.proj` ([24, 16] = `visual_projection.weight` transposed), `token_embedding.weight`,
   `positional_embedding`, `transformer.resblocks.N.*`, `ln_final`, `text_projection` ([16, 16], transposed),
   `logit_scale`). Checked by running OpenAI's forward (nn.MultiheadAttention) on it.
+- `full-size-keys.txt`: openai/clip-vit-base-patch32's and openai/clip-vit-large-patch14's architectures (config
+  values as in their config.json) built on torch's meta device: a `config` JSON line, then `hf <key> <shape>` and
+  `oc <key> <shape>` lines (transformers and OpenAI / open_clip names) for every tensor outside the encoder layers
+  and for the first and last layer of each tower; the test expands the other layers.
 - `images/*.png`: synthetic RGB inputs of odd sizes (50x37 colour blocks and thin lines, 300x200 with stripes and a
   checkerboard, 263x241 a gradient, a hard diagonal edge and a grid of
   one-pixel lines: a downscale).

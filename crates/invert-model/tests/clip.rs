@@ -3,20 +3,25 @@
 //! Features: 1e-4 (absolute, relative above 1). Preprocessing: transformers 5's
 //! `CLIPImageProcessor` resizes with PyTorch's uint8 antialiased bicubic, which invert reproduces
 //! bit for bit (`clip::resample`), so the uint8 crops must be equal and the normalised values agree
-//! to f32 rounding (1e-6).
+//! to f32 rounding (1e-6). The layouts of openai/clip-vit-base-patch32 and -large-patch14 are
+//! checked at full size from their key and shape lists (`full-size-keys.txt`), with zeros for data.
 
 mod common;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use burn::prelude::*;
+use burn::tensor::DType;
 use common::{assert_close, assert_identical, fixture};
+use invert_model::clip::model_keys::{Depths, LOGIT_SCALE, clip_model_keys, detect_layout};
 use invert_model::clip::{
     CLIPConfig, CLIPImageProcessor, ClipLayout, ClipLoadError, ClipLoadOptions, LoadedClip,
     RgbImage, load_clip, load_clip_vision,
 };
-use invert_model::weights::TensorReader;
+use invert_model::loading::apply::{Assignment, apply};
 use invert_model::weights::safetensors_file::SafetensorsFile;
+use invert_model::weights::{StoredDType, TensorMeta, TensorReader, WeightError};
 
 const TOL: f32 = 1e-4;
 /// f32 rounding of `(u8 - 255 mean) / (255 std)` (values up to about 2.2).
@@ -360,4 +365,192 @@ fn bad_inputs_are_explained() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("no such file"), "{err}");
+}
+
+/// Tensor shapes without data (zeros when read): a full-size checkpoint's layout.
+struct ShapesOnly {
+    path: PathBuf,
+    metas: std::collections::BTreeMap<String, TensorMeta>,
+}
+
+impl TensorReader for ShapesOnly {
+    fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+    fn names(&self) -> Vec<String> {
+        self.metas.keys().cloned().collect()
+    }
+    fn meta(&self, name: &str) -> Option<&TensorMeta> {
+        self.metas.get(name)
+    }
+    fn read_f32(&self, name: &str) -> Result<Vec<f32>, WeightError> {
+        Ok(vec![0.0; self.metas[name].numel()])
+    }
+}
+
+/// One model of full-size-keys.txt: its config and the two layouts, every layer expanded from
+/// the first (the file also lists the last one, whose shapes must be the first's).
+struct FullSize {
+    name: String,
+    config: CLIPConfig,
+    transformers: ShapesOnly,
+    open_clip: ShapesOnly,
+}
+
+fn full_size_models() -> Vec<FullSize> {
+    let path = fixture("clip/full-size-keys.txt");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // (name, config JSON, (kind, key, shape) rows)
+    type Row = (String, String, Vec<usize>);
+    let mut models: Vec<(String, serde_json::Value, Vec<Row>)> = vec![];
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("# ") {
+            models.push((
+                name.split(':').next().unwrap().into(),
+                serde_json::Value::Null,
+                vec![],
+            ));
+        } else if let Some(json) = line.strip_prefix("config ") {
+            models.last_mut().unwrap().1 = serde_json::from_str(json).unwrap();
+        } else {
+            let mut f = line.split(' ');
+            let (kind, key, shape) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap_or(""));
+            let shape = shape
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse().unwrap());
+            models
+                .last_mut()
+                .unwrap()
+                .2
+                .push((kind.into(), key.into(), shape.collect()));
+        }
+    }
+    models
+        .into_iter()
+        .map(|(name, json, rows)| {
+            let config = CLIPConfig::from_json(&json).unwrap();
+            let (nt, nv) = (
+                config.text_config.num_hidden_layers,
+                config.vision_config.num_hidden_layers,
+            );
+            let towers = [
+                ("text_model.encoder.layers.", nt),
+                ("vision_model.encoder.layers.", nv),
+                ("visual.transformer.resblocks.", nv),
+                ("transformer.resblocks.", nt),
+            ];
+            let mut sets = [
+                ShapesOnly::default_for(&name, "hf"),
+                ShapesOnly::default_for(&name, "oc"),
+            ];
+            let mut first_layer = std::collections::BTreeMap::new();
+            for (kind, key, shape) in &rows {
+                let set = &mut sets[usize::from(kind == "oc")];
+                let meta = TensorMeta {
+                    dtype: StoredDType::F32,
+                    shape: shape.clone(),
+                };
+                let tower = towers.iter().find(|(p, _)| key.starts_with(p));
+                let Some((prefix, n)) = tower else {
+                    set.metas.insert(key.clone(), meta);
+                    continue;
+                };
+                let rest = &key[prefix.len()..];
+                let (layer, tail) = rest.split_once('.').unwrap();
+                if layer == "0" {
+                    first_layer.insert((*prefix, tail.to_string()), shape.clone());
+                    for i in 0..*n {
+                        set.metas
+                            .insert(format!("{prefix}{i}.{tail}"), meta.clone());
+                    }
+                } else {
+                    assert_eq!(layer, (n - 1).to_string(), "{name}: {key}");
+                    assert_eq!(
+                        first_layer[&(*prefix, tail.to_string())],
+                        *shape,
+                        "{name}: {key}"
+                    );
+                }
+            }
+            let [transformers, open_clip] = sets;
+            FullSize {
+                name,
+                config,
+                transformers,
+                open_clip,
+            }
+        })
+        .collect()
+}
+
+impl ShapesOnly {
+    fn default_for(name: &str, kind: &str) -> Self {
+        Self {
+            path: PathBuf::from(format!("{name} ({kind} names, shapes only)")),
+            metas: Default::default(),
+        }
+    }
+}
+
+/// The key table and the module fit `name`'s real layout (built on torch's meta device by the
+/// fixture script): every tensor of both namings fills a parameter of the right shape, none is
+/// missing, and the OpenAI shapes give back its architecture.
+fn full_size_layout_loads(name: &str, positions: usize) {
+    let device = Device::flex();
+    let m = full_size_models()
+        .into_iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("{name} in full-size-keys.txt"));
+    assert_eq!(m.config.vision_config.num_positions(), positions);
+    let depths = Depths {
+        text: m.config.text_config.num_hidden_layers,
+        vision: m.config.vision_config.num_hidden_layers,
+    };
+    for (reader, layout) in [
+        (&m.transformers, ClipLayout::Transformers),
+        (&m.open_clip, ClipLayout::OpenClip),
+    ] {
+        let names = reader.names();
+        assert_eq!(detect_layout(&names), Some(layout), "{name}");
+        let mapping = clip_model_keys(&names, layout, depths).unwrap();
+        assert!(
+            mapping.unmapped.is_empty(),
+            "{name}: {:?}",
+            mapping.unmapped
+        );
+        let assignments: Vec<Assignment> = mapping
+            .mapped
+            .into_iter()
+            .filter(|(t, _)| t != LOGIT_SCALE)
+            .map(|(path, source)| Assignment { path, source })
+            .collect();
+        let n = assignments.len();
+        let mut model = m.config.init(&device);
+        let shapes = ShapesOnly {
+            path: reader.path.clone(),
+            metas: reader.metas.clone(),
+        };
+        // half precision: ViT-L/14 is 428 M parameters
+        let report = apply(&mut model, Arc::new(shapes), assignments, DType::F16, name)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(report.applied, n, "{name} {layout:?}");
+        assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
+        println!("{name} {layout:?}: {n} parameters filled");
+    }
+    let inferred = CLIPConfig::from_open_clip(&m.open_clip, 64, "quick_gelu").unwrap();
+    assert_eq!(
+        inferred, m.config,
+        "{name}: architecture from OpenAI shapes"
+    );
+}
+
+#[test]
+fn openai_vit_b32_layout_loads() {
+    full_size_layout_loads("openai/clip-vit-base-patch32", 50);
+}
+
+#[test]
+fn openai_vit_l14_layout_loads() {
+    full_size_layout_loads("openai/clip-vit-large-patch14", 257);
 }

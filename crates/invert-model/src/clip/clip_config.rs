@@ -88,6 +88,12 @@ impl CLIPConfig {
                 t.hidden_size, t.num_attention_heads
             ));
         }
+        if !matches!(t.hidden_act.as_str(), "quick_gelu" | "gelu") {
+            return Err(format!(
+                "text hidden_act `{}` is not supported (quick_gelu, gelu)",
+                t.hidden_act
+            ));
+        }
         if let Some(why) = self.vision_config.unsupported() {
             return Err(why);
         }
@@ -234,5 +240,11 @@ mod tests {
         assert_eq!(CLIPConfig::from_json(&list).unwrap().text_eos_token_id, 7);
         let bad = serde_json::json!({"vision_config": {"num_attention_heads": 7}});
         assert!(CLIPConfig::from_json(&bad).unwrap_err().contains("7 heads"));
+        let bad = serde_json::json!({"text_config": {"hidden_act": "gelu_new"}});
+        assert!(
+            CLIPConfig::from_json(&bad)
+                .unwrap_err()
+                .contains("gelu_new")
+        );
     }
 }
