@@ -190,7 +190,7 @@ fn open_clip_under(
 
 /// A transformers key without `text_model.`: `Some(true)` a parameter of the model,
 /// `Some(false)` a known key the model does not take, `None` not understood.
-fn classify(rest: &str, num_hidden_layers: usize) -> Option<bool> {
+pub(crate) fn classify(rest: &str, num_hidden_layers: usize) -> Option<bool> {
     let p: Vec<&str> = rest.split('.').collect();
     match p.as_slice() {
         [
@@ -218,11 +218,11 @@ fn classify(rest: &str, num_hidden_layers: usize) -> Option<bool> {
 }
 
 /// A transformers key (without `text_model.`) and the chunk of its source tensor.
-type Target = (String, Option<(usize, usize)>);
+pub(crate) type Target = (String, Option<(usize, usize)>);
 
 /// One open_clip key (prefix removed) -> transformers keys without `text_model.`, each with its
 /// chunk of the source; empty for keys deliberately left out, `None` when not understood.
-fn open_clip(rest: &str, num_hidden_layers: usize) -> Option<Vec<Target>> {
+pub(crate) fn open_clip(rest: &str, num_hidden_layers: usize) -> Option<Vec<Target>> {
     let one = |t: String| Some(vec![(t, None)]);
     let p: Vec<&str> = rest.split('.').collect();
     match p.as_slice() {

@@ -25,13 +25,14 @@ pub struct CLIPAttention {
 }
 
 impl CLIPAttention {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    /// Self-attention; `causal` for the text tower, not for the vision tower.
+    fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
         let q = linear_fused(&self.q_proj, x.clone());
         let k = linear_fused(&self.k_proj, x.clone());
         let v = linear_fused(&self.v_proj, x);
         linear_fused(
             &self.out_proj,
-            multi_head_attention(q, k, v, self.heads, false, true),
+            multi_head_attention(q, k, v, self.heads, false, causal),
         )
     }
 }
@@ -66,13 +67,58 @@ pub struct CLIPEncoderLayer {
 }
 
 impl CLIPEncoderLayer {
+    /// The text tower's layer: causal self-attention.
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.forward_masked(x, true)
+    }
+
+    /// The layer with causal (text) or full (vision) self-attention.
+    pub fn forward_masked(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
         let eps = self.layer_norm_eps;
         let x = x.clone()
             + self
                 .self_attn
-                .forward(layer_norm(&self.layer_norm1, x, eps));
+                .forward(layer_norm(&self.layer_norm1, x, eps), causal);
         x.clone() + self.mlp.forward(layer_norm(&self.layer_norm2, x, eps))
+    }
+}
+
+/// The sizes of one encoder layer (the text and vision towers share the module).
+pub struct EncoderLayerShape<'a> {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_attention_heads: usize,
+    /// transformers' `hidden_act`: `quick_gelu` or `gelu`.
+    pub hidden_act: &'a str,
+    pub layer_norm_eps: f64,
+}
+
+impl EncoderLayerShape<'_> {
+    pub fn init(&self, device: &Device) -> CLIPEncoderLayer {
+        let d = self.hidden_size;
+        let ln = || {
+            LayerNormConfig::new(d)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
+        let lin = |i, o| LinearConfig::new(i, o).init(device);
+        CLIPEncoderLayer {
+            self_attn: CLIPAttention {
+                q_proj: lin(d, d),
+                k_proj: lin(d, d),
+                v_proj: lin(d, d),
+                out_proj: lin(d, d),
+                heads: self.num_attention_heads,
+            },
+            layer_norm1: ln(),
+            mlp: CLIPMLP {
+                fc1: lin(d, self.intermediate_size),
+                fc2: lin(self.intermediate_size, d),
+                quick_gelu: self.hidden_act == "quick_gelu",
+            },
+            layer_norm2: ln(),
+            layer_norm_eps: self.layer_norm_eps,
+        }
     }
 }
 
@@ -116,25 +162,15 @@ impl CLIPTextConfig {
                 .with_epsilon(self.layer_norm_eps)
                 .init(device)
         };
-        let lin = |i, o| LinearConfig::new(i, o).init(device);
+        let shape = EncoderLayerShape {
+            hidden_size: d,
+            intermediate_size: self.intermediate_size,
+            num_attention_heads: self.num_attention_heads,
+            hidden_act: &self.hidden_act,
+            layer_norm_eps: self.layer_norm_eps,
+        };
         let layers = (0..self.num_hidden_layers)
-            .map(|_| CLIPEncoderLayer {
-                self_attn: CLIPAttention {
-                    q_proj: lin(d, d),
-                    k_proj: lin(d, d),
-                    v_proj: lin(d, d),
-                    out_proj: lin(d, d),
-                    heads: self.num_attention_heads,
-                },
-                layer_norm1: ln(),
-                mlp: CLIPMLP {
-                    fc1: lin(d, self.intermediate_size),
-                    fc2: lin(self.intermediate_size, d),
-                    quick_gelu: self.hidden_act == "quick_gelu",
-                },
-                layer_norm2: ln(),
-                layer_norm_eps: self.layer_norm_eps,
-            })
+            .map(|_| shape.init(device))
             .collect();
         CLIPTextTransformer {
             embeddings: CLIPTextEmbeddings {
