@@ -29,8 +29,9 @@ enum Command {
     Train(Box<commands::train::TrainArgs>),
     /// Train the bundled base model (VAE, U-Net, text encoder) on the procedural world.
     Pretrain(Box<commands::pretrain::PretrainArgs>),
-    /// Measure the bundled model and learned words with the world oracle (fidelity,
-    /// reconstruction vs editability, composition).
+    /// Measure learned words: with the world oracle on the bundled model (fidelity,
+    /// reconstruction vs editability, composition), or with CLIP on any model (`eval clip`,
+    /// `eval paper`: the paper's metrics and Figure 10).
     Eval(Box<commands::eval::EvalArgs>),
     /// The procedural world: sample pictures, write the concept sets, train the oracle.
     #[command(subcommand)]

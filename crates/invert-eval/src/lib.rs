@@ -3,6 +3,7 @@
 //! (`oracle_protocol`); `plot` draws the Figure-10 scatter and `report` writes the tables.
 
 pub mod clip_metrics;
+pub mod clip_scorer;
 mod font;
 mod oracle_protocol;
 pub mod paper_experiment;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use image::RgbImage;
-use image::imageops::{FilterType, resize};
+use invert_model::clip::resample::resize_bicubic_antialias;
 use invert_model::loading::StableDiffusion;
 use invert_model::pipeline::{Image, Request, decode, encode_png, sample_latents};
 use invert_model::schedulers::{SamplerConfig, SamplerKind};
@@ -151,14 +151,21 @@ pub fn fill(template: &str, filler: &str) -> String {
     prompt_without_words(&template.replace("{}", filler), &[])
 }
 
-/// A training image as the paper's evaluation sees it: squashed to 256x256, bicubic.
+/// A training image as the paper's evaluation sees it: squashed to 256x256, bicubic (the
+/// paper's loader uses PIL's antialiased bicubic; this is the same filter CLIP's preprocessing
+/// uses here).
 pub fn squash_training_image(image: &RgbImage) -> RgbImage {
-    resize(
-        image,
-        TRAINING_IMAGE_SIZE,
-        TRAINING_IMAGE_SIZE,
-        FilterType::CatmullRom,
-    )
+    let (w, h) = image.dimensions();
+    let side = TRAINING_IMAGE_SIZE;
+    let rgb = resize_bicubic_antialias(
+        image.as_raw(),
+        w as usize,
+        h as usize,
+        3,
+        side as usize,
+        side as usize,
+    );
+    RgbImage::from_raw(side, side, rgb).expect("resized buffer")
 }
 
 /// What `settings.json` in each image folder records.

@@ -18,7 +18,11 @@ use invert_model::weights::safetensors_write::write_atomic;
 use invert_world::world::concepts::{self, Kind};
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct EvalArgs {
+    /// The CLIP protocol on any model (without one: the world oracle's protocol).
+    #[command(subcommand)]
+    pub clip: Option<super::eval_clip::ClipProtocol>,
     /// The model (default: the bundled model, models/world, or $INVERT_MODEL).
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -72,7 +76,10 @@ fn write_png(path: &Path, image: &Image, text: &str) -> Result<()> {
     write_atomic(path, &bytes, true).with_context(|| format!("writing {}", path.display()))
 }
 
-pub fn run(args: EvalArgs) -> Result<()> {
+pub fn run(mut args: EvalArgs) -> Result<()> {
+    if let Some(protocol) = args.clip.take() {
+        return super::eval_clip::run(protocol);
+    }
     if args.images_per_prompt == 0 || args.steps == 0 {
         bail!("--images-per-prompt and --steps must be at least 1");
     }

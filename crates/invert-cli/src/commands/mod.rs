@@ -1,8 +1,10 @@
 pub mod device;
 pub mod embedding;
 pub mod eval;
+pub mod eval_clip;
 pub mod generate;
 pub mod model;
 pub mod pretrain;
 pub mod train;
+pub mod words;
 pub mod world;
