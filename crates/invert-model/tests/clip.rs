@@ -186,12 +186,15 @@ fn png_to_features_matches_transformers() {
         PIXEL_TOL,
     );
     let image = clip.model.get_image_features(pixels);
-    assert_close(
-        "image_embeds from PNG",
-        image,
-        f32s(&g, "image.image_embeds", &device),
-        TOL,
-    );
+    let want = f32s::<2>(&g, "image.image_embeds", &device);
+    assert_close("image_embeds from PNG", image, want.clone(), TOL);
+    // the same through the loaded model's helpers
+    let image = clip.image_features(&images, &device).unwrap();
+    assert_close("LoadedClip::image_features", image, want, TOL);
+    let prompts = ["a photo of a cat", "a drawing of a dog on the beach"];
+    let text = clip.text_features(&prompts, &device).unwrap();
+    let want = f32s::<2>(&g, "text.text_embeds", &device).slice([0..2, 0..16]);
+    assert_close("LoadedClip::text_features", text, want, TOL);
 }
 
 #[test]
@@ -597,6 +600,8 @@ fn pytorch_model_bin_folder_loads_the_same_model() {
     std::fs::remove_dir_all(&dir).ok();
     let bin = loaded.unwrap_or_else(|e| panic!("{e}"));
     assert!(bin.tokenizer.is_none(), "no tokenizer files in this folder");
+    let err = bin.text_features(&["a cat"], &device).unwrap_err();
+    assert!(matches!(err, ClipLoadError::NoTokenizer), "{err}");
     assert_eq!(
         bin.processor,
         CLIPImageProcessor::openai(32),
