@@ -186,12 +186,15 @@ fn png_to_features_matches_transformers() {
         PIXEL_TOL,
     );
     let image = clip.model.get_image_features(pixels);
-    assert_close(
-        "image_embeds from PNG",
-        image,
-        f32s(&g, "image.image_embeds", &device),
-        TOL,
-    );
+    let want = f32s::<2>(&g, "image.image_embeds", &device);
+    assert_close("image_embeds from PNG", image, want.clone(), TOL);
+    // the same through the loaded model's helpers
+    let image = clip.image_features(&images, &device).unwrap();
+    assert_close("LoadedClip::image_features", image, want, TOL);
+    let prompts = ["a photo of a cat", "a drawing of a dog on the beach"];
+    let text = clip.text_features(&prompts, &device).unwrap();
+    let want = f32s::<2>(&g, "text.text_embeds", &device).slice([0..2, 0..16]);
+    assert_close("LoadedClip::text_features", text, want, TOL);
 }
 
 #[test]
@@ -553,4 +556,68 @@ fn openai_vit_b32_layout_loads() {
 #[test]
 fn openai_vit_l14_layout_loads() {
     full_size_layout_loads("openai/clip-vit-large-patch14", 257);
+}
+
+/// A folder with `pytorch_model.bin` (the older transformers layout) instead of
+/// `model.safetensors` loads the same model: the tiny folder's tensors re-written as a torch zip.
+#[test]
+fn pytorch_model_bin_folder_loads_the_same_model() {
+    use invert_model::weights::torch_write::{
+        PickleValue, TensorData as TorchTensor, write_torch_zip,
+    };
+    let device = Device::flex();
+    let g = golden();
+    let st = SafetensorsFile::open(&fixture("clip/tiny-clip/model.safetensors")).unwrap();
+    let names = st.names();
+    let bytes: Vec<Vec<u8>> = names.iter().map(|n| st.read_bytes(n).unwrap()).collect();
+    let entries = names
+        .iter()
+        .zip(&bytes)
+        .map(|(n, b)| {
+            let meta = st.meta(n).unwrap();
+            let tensor = TorchTensor {
+                dtype: meta.dtype,
+                shape: meta.shape.clone(),
+                data: b,
+            };
+            (n.clone(), PickleValue::Tensor(tensor))
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("invert-clip-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        fixture("clip/tiny-clip/config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    write_torch_zip(
+        &dir.join("pytorch_model.bin"),
+        &PickleValue::Dict(entries),
+        true,
+    )
+    .unwrap();
+    let loaded = load_clip(&dir, &ClipLoadOptions::default(), &device);
+    std::fs::remove_dir_all(&dir).ok();
+    let bin = loaded.unwrap_or_else(|e| panic!("{e}"));
+    assert!(bin.tokenizer.is_none(), "no tokenizer files in this folder");
+    let err = bin.text_features(&["a cat"], &device).unwrap_err();
+    assert!(matches!(err, ClipLoadError::NoTokenizer), "{err}");
+    assert_eq!(
+        bin.processor,
+        CLIPImageProcessor::openai(32),
+        "OpenAI's settings at 32"
+    );
+    let folder = load_folder(&device);
+    let ids = ids(&g, &device);
+    let pixels = f32s::<4>(&g, "image.pixel_values", &device);
+    assert_identical(
+        "text features (.bin)",
+        bin.model.get_text_features(ids.clone()),
+        folder.model.get_text_features(ids),
+    );
+    assert_identical(
+        "image features (.bin)",
+        bin.model.get_image_features(pixels.clone()),
+        folder.model.get_image_features(pixels),
+    );
 }

@@ -50,6 +50,14 @@ pub enum PreprocessError {
         expected: usize,
         got: usize,
     },
+    #[error(
+        "images of different sizes after preprocessing ({first:?} and {other:?}, height x width) \
+         cannot be stacked; keep the centre crop on (`do_center_crop`)"
+    )]
+    MixedSizes {
+        first: (usize, usize),
+        other: (usize, usize),
+    },
 }
 
 /// The settings of `CLIPImageProcessor`.
@@ -271,11 +279,9 @@ impl CLIPImageProcessor {
         for image in images {
             let (rgb, w, h) = self.resize_and_crop(*image)?;
             if shape[2] != 0 && (shape[2], shape[3]) != (h, w) {
-                return Err(PreprocessError::BadImage {
-                    width: w,
-                    height: h,
-                    expected: shape[2] * shape[3] * 3,
-                    got: rgb.len(),
+                return Err(PreprocessError::MixedSizes {
+                    first: (shape[2], shape[3]),
+                    other: (h, w),
                 });
             }
             (shape[2], shape[3]) = (h, w);
@@ -409,5 +415,23 @@ mod tests {
             })
             .unwrap_err();
         assert!(err.to_string().contains("needs 6 bytes"), "{err}");
+        let device = Device::flex();
+        let (a, b) = ([9u8; 2 * 3 * 3], [9u8; 3 * 3 * 3]);
+        let images = [
+            RgbImage {
+                width: 2,
+                height: 3,
+                rgb: &a,
+            },
+            RgbImage {
+                width: 3,
+                height: 3,
+                rgb: &b,
+            },
+        ];
+        let err = p.pixel_values(&images, &device).unwrap_err();
+        assert!(matches!(err, PreprocessError::MixedSizes { .. }), "{err}");
+        let both = p.pixel_values(&images[1..], &device).unwrap();
+        assert_eq!(both.dims(), [1, 3, 3, 3]);
     }
 }

@@ -66,6 +66,11 @@ pub enum ClipLoadError {
         found: Vec<usize>,
         expected: Vec<usize>,
     },
+    #[error(
+        "the CLIP model has no tokenizer (its folder has no tokenizer.json or vocab.json + \
+         merges.txt): load a complete transformers CLIP folder, or set `LoadedClip::tokenizer`"
+    )]
+    NoTokenizer,
     #[error(transparent)]
     Load(LoadError),
     #[error(transparent)]
@@ -112,6 +117,38 @@ pub struct LoadedClip {
     pub processor: CLIPImageProcessor,
     pub layout: ClipLayout,
     pub report: LoadReport,
+}
+
+impl LoadedClip {
+    /// Image features `[n, projection_dim]` (not normalised) of RGB8 images, preprocessed with
+    /// [`Self::processor`].
+    pub fn image_features(
+        &self,
+        images: &[super::RgbImage],
+        device: &Device,
+    ) -> Result<Tensor<2>, ClipLoadError> {
+        let pixels = self.processor.pixel_values(images, device)?;
+        Ok(self.model.get_image_features(pixels))
+    }
+
+    /// Text features `[n, projection_dim]` (not normalised) of prompts, tokenized with the
+    /// folder's tokenizer (BOS, at most `max_length - 2` tokens, EOS, padding).
+    pub fn text_features(
+        &self,
+        prompts: &[&str],
+        device: &Device,
+    ) -> Result<Tensor<2>, ClipLoadError> {
+        let tokenizer = self.tokenizer.as_ref().ok_or(ClipLoadError::NoTokenizer)?;
+        let mut ids = Vec::new();
+        let mut len = 0;
+        for prompt in prompts {
+            let encoding = tokenizer.encode(prompt)?;
+            len = encoding.ids.len();
+            ids.extend(encoding.ids.iter().map(|&i| i64::from(i)));
+        }
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [prompts.len(), len]), device);
+        Ok(self.model.get_text_features(ids))
+    }
 }
 
 /// A loaded CLIP vision tower.
