@@ -4,7 +4,9 @@
 # whole working tree travels to that machine in at most 64 MiB (the tracked files already take
 # about 54 MiB):
 #
-#   invert.xz            the release `invert` (default features: wgpu + CPU), stripped, xz -9
+#   invert.xz            `invert` (default features: wgpu + CPU) built with the `packed` profile
+#                        (Cargo.toml: release, opt-level "s", fat LTO, one codegen unit, panic
+#                        abort, stripped), xz -9e
 #   invert.commit        the commit it was built from (+dirty when crates/ had changes)
 #   debs/*.deb           the Vulkan loader (libvulkan1, amd64), unpacked there only if missing
 #   python-site.tar.xz   diffusers and importlib_metadata, unpacked (pure Python, no install);
@@ -14,7 +16,7 @@
 #                        (Apache-2.0) and never committed here
 #
 # usage: scripts/gpu_bench_pack.sh
-# Env: PACK (.gpu-bench), BUILD (1; 0 takes target/release/invert as it is), CARGO_JOBS (2),
+# Env: PACK (.gpu-bench), BUILD (1; 0 takes target/packed/invert as it is), CARGO_JOBS (2),
 #      TI_SCRIPT (/work/bench-data/textual_inversion.py, if present), DIFFUSERS_GIT (a clone of
 #      huggingface/diffusers, used when TI_SCRIPT is absent), PYTHON (python3, for pip download).
 set -euo pipefail
@@ -79,11 +81,14 @@ echo "$TI_SHA256  $PACK/textual_inversion.py" | sha256sum -c --quiet ||
 
 # 4. invert (last: the slow part)
 if [[ "$BUILD" == 1 ]]; then
-    echo "== cargo build --release -p invert-cli" >&2
-    cargo build --release -j"$CARGO_JOBS" -p invert-cli >&2
+    # The size-optimised profile: the release binary (19.5 MB after xz at b46df70) would not
+    # leave room for the working tree. The GPU's work runs in kernels compiled at run time, so
+    # host code optimised for size costs the GPU rows nothing.
+    echo "== cargo build --profile packed -p invert-cli (fat LTO: slow)" >&2
+    cargo build --profile packed -j"$CARGO_JOBS" -p invert-cli >&2
 fi
-bin="${CARGO_TARGET_DIR:-$ROOT/target}/release/invert"
-[[ -x "$bin" ]] || { echo "error: no $bin (BUILD=0 takes an existing release build)" >&2; exit 1; }
+bin="${CARGO_TARGET_DIR:-$ROOT/target}/packed/invert"
+[[ -x "$bin" ]] || { echo "error: no $bin (BUILD=0 takes an existing packed build)" >&2; exit 1; }
 strip -o "$PACK/invert.stripped" "$bin"
 xz -9e -T1 -c "$PACK/invert.stripped" >"$PACK/invert.xz"
 rm "$PACK/invert.stripped"
