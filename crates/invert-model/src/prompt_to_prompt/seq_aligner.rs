@@ -12,7 +12,7 @@
 //! U-Net is actually conditioned on.
 
 use super::EditError;
-use crate::tokenizer::ClipTokenizer;
+use crate::tokenizer::{ClipTokenizer, TokenizerError};
 
 /// A prompt as the text encoder sees it, with the word each token came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +44,11 @@ impl PromptTokens {
         let mut ids = vec![tokenizer.bos_id()];
         for (w, word) in words.iter().enumerate() {
             // An empty word (two spaces) or one the clean-up removes has no tokens.
-            let word_ids = tokenizer.word_ids(word).unwrap_or_default();
+            let word_ids = match tokenizer.word_ids(word) {
+                Ok(ids) => ids,
+                Err(TokenizerError::EmptyText { .. }) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
             word_of.extend(std::iter::repeat_n(Some(w), word_ids.len()));
             ids.extend(word_ids);
         }
@@ -104,6 +108,11 @@ pub fn replacement_mapper(x: &PromptTokens, y: &PromptTokens) -> Result<Vec<f32>
     let mut m = vec![0f32; max_len * max_len];
     let (mut i, mut j, mut cur) = (0, 0, 0);
     while i < max_len && j < max_len {
+        // A replaced word without tokens (one the clean-up removes) never matches a position;
+        // skip it rather than leave the later words unmatched.
+        while cur < source.len() && source[cur].is_empty() {
+            cur += 1;
+        }
         if cur < source.len() && source[cur].first() == Some(&i) {
             let (s, t) = (&source[cur], &target[cur]);
             if s.len() == t.len() {
@@ -130,11 +139,6 @@ pub fn replacement_mapper(x: &PromptTokens, y: &PromptTokens) -> Result<Vec<f32>
             m[j * max_len + j] = 1.0;
             i += 1;
             j += 1;
-        }
-        // A replaced word whose source has no tokens (a word the clean-up removes) would stall
-        // the reference's loop; skip it.
-        while cur < source.len() && source[cur].is_empty() {
-            cur += 1;
         }
     }
     Ok(m)
@@ -338,6 +342,26 @@ mod tests {
         assert_eq!(mapper[11], 11);
         assert_eq!(mapper[76], 76);
         assert!(alphas[11..].iter().all(|&a| a == 1.0));
+    }
+
+    #[test]
+    fn multi_vector_learned_words_count_as_their_expanded_tokens() {
+        let mut tokenizer = ClipTokenizer::bundled();
+        let ids = tokenizer.add_concept("<multi>", 3).unwrap();
+        let x = PromptTokens::new(&tokenizer, "a <multi> on grass").unwrap();
+        let y = PromptTokens::new(&tokenizer, "a big <multi> on grass").unwrap();
+        // BOS a m0 m1 m2 on grass EOS: "on" is at 5, where the reference (unexpanded) says 3.
+        assert_eq!(x.word_inds("<multi>"), vec![2, 3, 4]);
+        assert_eq!(&x.ids[2..5], &ids[..]);
+        assert_eq!(x.word_inds("on"), vec![5]);
+        let (mapper, alphas) = refinement_mapper(&x, &y);
+        assert_eq!(&mapper[..9], &[0, 1, 76, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(&alphas[..9], &[1., 1., 0., 1., 1., 1., 1., 1., 1.]);
+        // Swapping the word after it keeps the learned word's three tokens in place.
+        let z = PromptTokens::new(&tokenizer, "a <multi> on snow").unwrap();
+        let m = replacement_mapper(&x, &z).unwrap();
+        let want: Vec<(usize, usize, f32)> = (0..77).map(|i| (i, i, 1.0)).collect();
+        assert_eq!(entries(&m, 77), want);
     }
 
     #[test]
