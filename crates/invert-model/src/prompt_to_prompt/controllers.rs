@@ -156,10 +156,12 @@ impl AttentionControl for EditController {
     }
 
     fn control(&mut self, probs: Tensor<4>, at: &AttentionPlace) -> Tensor<4> {
+        let b = probs.dims()[0];
+        let halves = if self.guided { 2 } else { 1 };
+        debug_assert_eq!(b, halves * self.prompts, "batch: [uncond x n,] cond x n");
         if !self.guided {
             return self.edit(probs, at);
         }
-        let b = probs.dims()[0];
         let uncond = probs.clone().slice(s![0..b / 2, .., .., ..]);
         let cond = self.edit(probs.slice(s![b / 2..b, .., .., ..]), at);
         Tensor::cat(vec![uncond, cond], 0)
