@@ -91,7 +91,7 @@ pub struct GenerateArgs {
     pub no_grid: bool,
 }
 
-fn short_hash(path: &Path) -> Result<String> {
+pub(crate) fn short_hash(path: &Path) -> Result<String> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut hasher = Sha256::new();
@@ -160,7 +160,7 @@ fn read_init_latents(path: &Path, device: &Device) -> Result<Tensor<4>> {
 }
 
 /// The next free `NNNNN-SEED.png` name in `dir` (never an existing file).
-fn next_index(dir: &Path) -> usize {
+pub(crate) fn next_index(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries
@@ -176,7 +176,12 @@ fn next_index(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
-fn write_png(dir: &Path, name: &str, image: &Image, params: &Parameters) -> Result<PathBuf> {
+pub(crate) fn write_png(
+    dir: &Path,
+    name: &str,
+    image: &Image,
+    params: &Parameters,
+) -> Result<PathBuf> {
     let path = dir.join(name);
     let bytes = encode_png(image, &[("parameters", params.to_a1111())]).context("encoding PNG")?;
     write_atomic(&path, &bytes, false).with_context(|| format!("writing {}", path.display()))?;
