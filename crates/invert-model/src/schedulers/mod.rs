@@ -82,6 +82,12 @@ pub(crate) fn to_f32<const D: usize>(tensor: Tensor<D>) -> Tensor<D> {
     }
 }
 
+/// `sqrt(abar_t) * x0 + sqrt(1 - abar_t) * noise` in f32: the DDPM forward process that
+/// `DDIMScheduler.add_noise` and `PNDMScheduler.add_noise` compute (`alphas_cumprod[t] ** 0.5`).
+pub(crate) fn ddpm_add_noise(abar: f32, original: Tensor<4>, noise: Tensor<4>) -> Tensor<4> {
+    to_f32(original).mul_scalar(abar.sqrt()) + to_f32(noise).mul_scalar((1.0 - abar).sqrt())
+}
+
 /// The checks every `set_timesteps` shares (diffusers raises for DDIM; the others would build
 /// an empty or degenerate schedule).
 pub(crate) fn check_steps(
