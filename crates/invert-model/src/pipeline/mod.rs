@@ -1,7 +1,8 @@
 //! Image generation with a loaded model and any learned words: text-to-image, and
 //! image-to-image from a picture (`image_to_image.rs`), sharing one denoising loop
-//! (`denoise.rs`).
+//! (`denoise.rs`); DDIM inversion of a picture for editing (`ddim_inversion.rs`).
 
+pub mod ddim_inversion;
 pub mod denoise;
 pub mod image_processor;
 pub mod image_to_image;
@@ -10,7 +11,10 @@ pub mod noise;
 pub mod prompt_encoding;
 pub mod text_to_image;
 
-pub use denoise::{Guidance, denoise, init_sampler};
+pub use ddim_inversion::{
+    DdimInversionConfig, InvertedImage, Reconstruction, invert_image, reconstruct,
+};
+pub use denoise::{Guidance, denoise, guided_prediction, init_sampler};
 pub use image_processor::{InitImageError, default_size, load_init_image, preprocess};
 pub use image_to_image::{
     ImageToImage, get_timesteps, prepare_latents, sample_latents_from_image,

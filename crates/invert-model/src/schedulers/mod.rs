@@ -7,6 +7,8 @@
 //!   [`EulerAncestral`] and [`DpmSolverMultistep`] (DPM-Solver++ 2M), built from the same
 //!   config by [`SamplerConfig::init`], the way diffusers pipelines swap schedulers with
 //!   `Cls.from_config(pipe.scheduler.config)`.
+//! - [`DdimInverse`] runs DDIM backwards (`DDIMInverseScheduler`), for DDIM inversion of real
+//!   pictures (`pipeline/ddim_inversion.rs`).
 //!
 //! Timesteps, sigmas and each step's arithmetic follow diffusers operation by operation, in
 //! f32 where diffusers computes in float32 tensors and in f64 where it uses numpy float64
@@ -25,6 +27,7 @@
 
 mod config_json;
 mod ddim;
+mod ddim_inverse;
 mod dpm_solver;
 mod euler;
 mod euler_ancestral;
@@ -36,6 +39,7 @@ mod schedule_config;
 mod sigmas;
 
 pub use ddim::Ddim;
+pub use ddim_inverse::DdimInverse;
 pub use dpm_solver::DpmSolverMultistep;
 pub use euler::Euler;
 pub use euler_ancestral::EulerAncestral;
