@@ -196,6 +196,32 @@ fn generate_refuses_bad_init_images_and_strengths() {
         err,
         format!("error: init image {missing}: no such file; check the path\n")
     );
+    // Checked before the model is loaded: a missing model is not what it reports.
+    let err = fails(
+        "missing init image, missing model",
+        &generate(
+            &out,
+            &tmp.s("no-such-model"),
+            &["--prompt", "a toy", "--init-image", &missing],
+        ),
+    );
+    assert!(err.contains("no such file; check the path"), "{err}");
+    let err = fails(
+        "strength 2, missing model",
+        &generate(
+            &out,
+            &tmp.s("no-such-model"),
+            &[
+                "--prompt",
+                "a toy",
+                "--init-image",
+                &picture,
+                "--strength",
+                "2",
+            ],
+        ),
+    );
+    assert!(err.starts_with("error: --strength must be"), "{err}");
     let notes = tmp.s("notes.png");
     std::fs::write(&notes, "not a picture").unwrap();
     let err = fails(

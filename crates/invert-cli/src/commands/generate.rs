@@ -14,9 +14,9 @@ use invert_model::embedding::read_embeddings;
 use invert_model::loading::{StableDiffusion, load};
 use invert_model::pipeline::prompt_encoding::Emphasis;
 use invert_model::pipeline::{
-    Image, ImageToImage, Parameters, Request, SeededNoise, a1111_sampler_name, decode,
-    default_size, encode_png, grid, grid_columns, load_init_image, preprocess, sample_latents,
-    sample_latents_from_image, validate, validate_image_to_image,
+    Image, ImageToImage, Parameters, Request, SeededNoise, a1111_sampler_name, check_strength,
+    decode, default_size, encode_png, grid, grid_columns, load_init_image, preprocess,
+    sample_latents, sample_latents_from_image, validate, validate_image_to_image,
 };
 use invert_model::prompt::chunk_prompt;
 use invert_model::schedulers::{SamplerConfig, SamplerKind};
@@ -101,6 +101,9 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub no_grid: bool,
 }
+
+/// `--strength` when not given: diffusers' `StableDiffusionImg2ImgPipeline` default.
+const DEFAULT_STRENGTH: f64 = 0.8;
 
 fn short_hash(path: &Path) -> Result<String> {
     let mut file =
@@ -199,6 +202,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.count == 0 || args.batch_size == 0 {
         bail!("--images and --batch-size must be at least 1");
     }
+    // The picture and the strength are checked before the (slow) model load.
+    let picture = args
+        .init_image
+        .as_deref()
+        .map(load_init_image)
+        .transpose()?;
+    let strength = args.strength.unwrap_or(DEFAULT_STRENGTH);
+    if picture.is_some() {
+        check_strength(strength, args.steps)?;
+    }
     let (device, options) = args.model.device_and_options()?;
     let model_path = args.model.path();
     let sd: StableDiffusion = load(&model_path, &options, &device)
@@ -250,11 +263,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .with_karras(args.karras)
         .with_eta(args.eta);
     let native = sd.config.vae.downscale_factor() * sd.config.unet_sample_size();
-    let picture = args
-        .init_image
-        .as_deref()
-        .map(load_init_image)
-        .transpose()?;
     // img2img makes the picture's size unless told otherwise (diffusers' img2img pipelines).
     let (default_w, default_h) = picture.as_ref().map_or((native, native), default_size);
     let (width, height) = (
@@ -270,7 +278,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         };
         ImageToImage {
             image: preprocess(&rgb, w, h, &device),
-            strength: args.strength.unwrap_or(0.8),
+            strength,
         }
     });
     let seed = args.seed.unwrap_or_else(|| {

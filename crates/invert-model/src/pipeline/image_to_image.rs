@@ -52,10 +52,23 @@ pub fn get_timesteps(steps: usize, strength: f64) -> (usize, usize) {
     (t_start, steps - t_start)
 }
 
-/// Checks an img2img request before anything runs: [`validate`]'s checks, then the strength
-/// (diffusers' `check_inputs` takes [0, 1]; 0 runs no step, which diffusers only notices by
-/// failing on an empty timestep list), the picture's shape, and that some step runs. Returns
-/// the latents' shape and the begin index.
+/// The checks of `strength` that need no model (the CLI runs them before loading one): a
+/// number in (0, 1] (diffusers' `check_inputs` takes [0, 1]; 0 runs no step, which diffusers only
+/// notices by failing on an empty timestep list), and at least one of `steps` steps runs (`steps`
+/// 0 is [`validate`]'s error). Returns `t_start`, the begin index.
+pub fn check_strength(strength: f64, steps: usize) -> Result<usize, GenerateError> {
+    if !(strength.is_finite() && strength > 0.0 && strength <= 1.0) {
+        return Err(GenerateError::Strength(strength));
+    }
+    let (t_start, remaining) = get_timesteps(steps, strength);
+    if remaining == 0 && steps > 0 {
+        return Err(GenerateError::NoStepsAtStrength { strength, steps });
+    }
+    Ok(t_start)
+}
+
+/// Checks an img2img request before anything runs: [`validate`]'s checks, then
+/// [`check_strength`] and the picture's shape. Returns the latents' shape and the begin index.
 pub fn validate_image_to_image(
     sd: &StableDiffusion,
     r: &Request,
@@ -66,10 +79,7 @@ pub fn validate_image_to_image(
         return Err(GenerateError::InitLatentsAndImage);
     }
     let shape = validate(sd, r, count)?;
-    let strength = init.strength;
-    if !(strength.is_finite() && strength > 0.0 && strength <= 1.0) {
-        return Err(GenerateError::Strength(strength));
-    }
+    let t_start = check_strength(init.strength, r.steps)?;
     let dims = init.image.dims();
     if !((dims[0] == 1 || dims[0] == count) && dims[1..] == [3, r.height, r.width]) {
         return Err(GenerateError::InitImage {
@@ -77,13 +87,6 @@ pub fn validate_image_to_image(
             count,
             height: r.height,
             width: r.width,
-        });
-    }
-    let (t_start, remaining) = get_timesteps(r.steps, strength);
-    if remaining == 0 {
-        return Err(GenerateError::NoStepsAtStrength {
-            strength,
-            steps: r.steps,
         });
     }
     Ok((shape, t_start))
@@ -158,6 +161,24 @@ pub fn sample_latents_from_image(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strength_checks() {
+        assert_eq!(check_strength(0.6, 10).unwrap(), 4);
+        assert_eq!(check_strength(1.0, 10).unwrap(), 0);
+        for bad in [0.0, -0.1, 1.01, f64::NAN, f64::INFINITY] {
+            assert!(matches!(
+                check_strength(bad, 10),
+                Err(GenerateError::Strength(_))
+            ));
+        }
+        assert!(matches!(
+            check_strength(0.09, 10),
+            Err(GenerateError::NoStepsAtStrength { steps: 10, .. })
+        ));
+        // No steps at all is `validate`'s error, not this one.
+        assert!(check_strength(0.5, 0).is_ok());
+    }
 
     #[test]
     fn get_timesteps_as_diffusers() {

@@ -17,7 +17,7 @@ pub use ddim_inversion::{
 pub use denoise::{Guidance, denoise, guided_prediction, init_sampler};
 pub use image_processor::{InitImageError, default_size, load_init_image, preprocess};
 pub use image_to_image::{
-    ImageToImage, get_timesteps, prepare_latents, sample_latents_from_image,
+    ImageToImage, check_strength, get_timesteps, prepare_latents, sample_latents_from_image,
     validate_image_to_image,
 };
 pub use images::{Parameters, a1111_sampler_name, encode_png, grid, grid_columns};
