@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use invert_model::embedding::read_embeddings;
 use invert_model::loading::{StableDiffusion, load};
 use invert_model::pipeline::{
     Image, Parameters, Request, a1111_sampler_name, decode, encode_png, grid,
@@ -24,6 +23,7 @@ use invert_model::weights::safetensors_write::write_atomic;
 
 use super::generate::{next_index, short_hash, write_png};
 use super::model::ModelArgs;
+use super::words::{add_embedding_files, word_hashes};
 
 #[derive(Args)]
 pub struct EditArgs {
@@ -118,28 +118,7 @@ fn load_vocabulary(
     paths: &[PathBuf],
 ) -> Result<(Vocabulary, Vec<(String, String)>)> {
     let mut vocab = Vocabulary::for_model(sd).context("setting up the tokenizer")?;
-    let mut hashes: Vec<(String, String)> = Vec::new();
-    for path in paths {
-        let hash = short_hash(path)?;
-        for e in
-            read_embeddings(path, None).with_context(|| format!("reading {}", path.display()))?
-        {
-            if hashes.iter().any(|(t, _)| t.eq_ignore_ascii_case(&e.token)) {
-                bail!(
-                    "the word `{}` is defined twice (again in {}); pass each word once",
-                    e.token,
-                    path.display()
-                );
-            }
-            let added = vocab
-                .add_embedding(&e, path)
-                .with_context(|| format!("adding `{}` from {}", e.token, path.display()))?;
-            if let Some(note) = added.note {
-                eprintln!("note: {note}");
-            }
-            hashes.push((e.token.clone(), hash.clone()));
-        }
-    }
+    let hashes = word_hashes(&add_embedding_files(&mut vocab, paths)?)?;
     Ok((vocab, hashes))
 }
 
@@ -358,6 +337,7 @@ pub fn run(args: EditArgs) -> Result<()> {
             model_hash: model_hash.clone(),
             clip_skip: args.clip_skip,
             embeddings: ti_hashes.clone(),
+            denoising_strength: None,
         })
         .collect();
 
