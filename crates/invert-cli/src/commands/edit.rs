@@ -21,7 +21,7 @@ use invert_model::schedulers::{SamplerConfig, SamplerKind};
 use invert_model::vocabulary::Vocabulary;
 use invert_model::weights::safetensors_write::write_atomic;
 
-use super::generate::{next_index, short_hash, write_png};
+use super::generate::{model_identity, next_index, write_png};
 use super::model::ModelArgs;
 use super::words::{add_embedding_files, word_hashes};
 
@@ -311,16 +311,7 @@ pub fn run(args: EditArgs) -> Result<()> {
     bar.finish_and_clear();
     let images = decode(&sd, out.latents.clone(), seed);
 
-    let model_hash = if sd.source.is_file() {
-        Some(short_hash(&sd.source)?)
-    } else {
-        None
-    };
-    let model_name = sd
-        .source
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let (model_name, model_hash) = model_identity(&sd)?;
     let prompts = request.prompts();
     let params: Vec<Parameters> = prompts
         .iter()

@@ -105,6 +105,21 @@ pub struct GenerateArgs {
 /// `--strength` when not given: diffusers' `StableDiffusionImg2ImgPipeline` default.
 const DEFAULT_STRENGTH: f64 = 0.8;
 
+/// The model's name and, for a single file, its short hash (A1111's `Model` and `Model hash`).
+pub(crate) fn model_identity(sd: &StableDiffusion) -> Result<(String, Option<String>)> {
+    let hash = if sd.source.is_file() {
+        Some(short_hash(&sd.source)?)
+    } else {
+        None
+    };
+    let name = sd
+        .source
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok((name, hash))
+}
+
 pub(crate) fn short_hash(path: &Path) -> Result<String> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
@@ -268,16 +283,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .as_deref()
         .map(|p| read_init_latents(p, &device))
         .transpose()?;
-    let model_hash = if sd.source.is_file() {
-        Some(short_hash(&sd.source)?)
-    } else {
-        None
-    };
-    let model_name = sd
-        .source
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let (model_name, model_hash) = model_identity(&sd)?;
 
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
