@@ -25,6 +25,9 @@ enum Command {
     Embedding(commands::embedding::EmbeddingCommand),
     /// Generate images from prompts, with any number of learned words.
     Generate(Box<commands::generate::GenerateArgs>),
+    /// Prompt-to-Prompt editing: a source prompt and edited prompts from one seed, the edits'
+    /// attention taken from the source's (word swap, refinement, reweighting, local blend).
+    Edit(Box<commands::edit::EditArgs>),
     /// Learn a new word from a folder of images (textual inversion).
     Train(Box<commands::train::TrainArgs>),
     /// Train the bundled base model (VAE, U-Net, text encoder) on the procedural world.
@@ -45,6 +48,7 @@ fn main() {
         Command::Model(cmd) => commands::model::run(cmd),
         Command::Embedding(cmd) => commands::embedding::run(cmd),
         Command::Generate(args) => commands::generate::run(*args),
+        Command::Edit(args) => commands::edit::run(*args),
         Command::Train(args) => commands::train::run(*args),
         Command::Pretrain(args) => commands::pretrain::run(*args),
         Command::World(cmd) => commands::world::run(cmd),

@@ -172,6 +172,186 @@ fn generate_refuses_bad_settings_and_handles_odd_prompts() {
     assert_eq!(images, 2, "one image per successful run");
 }
 
+/// img2img's inputs: a missing or unreadable picture, a strength outside (0, 1] or too low for
+/// any step to run, and --strength without --init-image.
+#[test]
+fn generate_refuses_bad_init_images_and_strengths() {
+    let tmp = Tmp::new("img2img");
+    let (out, model) = (tmp.s("out"), tiny_sd1());
+    let picture = tmp.s("photo.png");
+    RgbImage::from_raw(40, 32, (0..40 * 32 * 3).map(|i| (i % 251) as u8).collect())
+        .unwrap()
+        .save(&picture)
+        .unwrap();
+    let missing = tmp.s("no-such-photo.png");
+    let err = fails(
+        "missing init image",
+        &generate(
+            &out,
+            &model,
+            &["--prompt", "a toy", "--init-image", &missing],
+        ),
+    );
+    assert_eq!(
+        err,
+        format!("error: init image {missing}: no such file; check the path\n")
+    );
+    // Checked before the model is loaded: a missing model is not what it reports.
+    let err = fails(
+        "missing init image, missing model",
+        &generate(
+            &out,
+            &tmp.s("no-such-model"),
+            &["--prompt", "a toy", "--init-image", &missing],
+        ),
+    );
+    assert!(err.contains("no such file; check the path"), "{err}");
+    let err = fails(
+        "strength 2, missing model",
+        &generate(
+            &out,
+            &tmp.s("no-such-model"),
+            &[
+                "--prompt",
+                "a toy",
+                "--init-image",
+                &picture,
+                "--strength",
+                "2",
+            ],
+        ),
+    );
+    assert!(err.starts_with("error: --strength must be"), "{err}");
+    let notes = tmp.s("notes.png");
+    std::fs::write(&notes, "not a picture").unwrap();
+    let err = fails(
+        "init image that is not a picture",
+        &generate(&out, &model, &["--prompt", "a toy", "--init-image", &notes]),
+    );
+    assert!(
+        err.starts_with(&format!(
+            "error: init image {notes}: not a picture invert can read ("
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("give a PNG, JPEG, WebP, BMP or GIF file"),
+        "{err}"
+    );
+    let truncated = tmp.s("truncated.png");
+    let bytes = std::fs::read(&picture).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let err = fails(
+        "truncated init image",
+        &generate(
+            &out,
+            &model,
+            &["--prompt", "a toy", "--init-image", &truncated],
+        ),
+    );
+    assert_eq!(
+        err,
+        format!(
+            "error: init image {truncated}: the file ends before its picture does (cut off while \
+             downloading or copying); download or export it again\n"
+        )
+    );
+    for strength in ["0", "1.5", "-0.3"] {
+        let err = fails(
+            &format!("strength {strength}"),
+            &generate(
+                &out,
+                &model,
+                &[
+                    "--prompt",
+                    "a toy",
+                    "--init-image",
+                    &picture,
+                    "--strength",
+                    strength,
+                ],
+            ),
+        );
+        assert_eq!(
+            err,
+            format!(
+                "error: --strength must be a number in (0, 1] (got {strength}): 1 repaints the \
+                 whole picture, values near 0 keep it\n"
+            )
+        );
+    }
+    let err = fails(
+        "strength too low for any step",
+        &generate(
+            &out,
+            &model,
+            &[
+                "--prompt",
+                "a toy",
+                "--init-image",
+                &picture,
+                "--strength",
+                "0.3",
+            ],
+        ),
+    );
+    assert_eq!(
+        err,
+        "error: --strength 0.3 with --steps 2 runs no denoising step (int(steps * strength) = 0); \
+         raise --strength to at least 0.5 or --steps to at least 4\n"
+    );
+    let err = fails(
+        "size not a multiple of 8",
+        &generate(
+            &out,
+            &model,
+            &[
+                "--prompt",
+                "a toy",
+                "--init-image",
+                &picture,
+                "--width",
+                "36",
+            ],
+        ),
+    );
+    assert_eq!(
+        err,
+        "error: width and height must be positive multiples of 8 (got 36x32); try 40x32\n"
+    );
+    // --strength alone, or with --init-latents, is clap's usage error (exit 2).
+    let o = invert(&generate(
+        &out,
+        &model,
+        &[
+            "--prompt",
+            "a toy",
+            "--init-image",
+            &picture,
+            "--init-latents",
+            &picture,
+        ],
+    ));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = invert(&generate(
+        &out,
+        &model,
+        &["--prompt", "a toy", "--strength", "0.5"],
+    ));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--init-image"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!Path::new(&out).exists() || std::fs::read_dir(&out).unwrap().count() == 0);
+}
+
 #[test]
 fn generate_refuses_embeddings_that_cannot_be_used() {
     let tmp = Tmp::new("embeddings");

@@ -15,8 +15,8 @@ use crate::paper_experiment::ClipFeatures;
 
 /// A CLIP model ready to score images and texts.
 pub struct ClipScorer {
+    /// The model, with a tokenizer (the folder's, or CLIP's own BPE when it has none).
     pub clip: LoadedClip,
-    pub tokenizer: ClipTokenizer,
     /// True when the folder had no tokenizer and CLIP's own BPE (bundled with invert, the one
     /// every OpenAI CLIP and Stable Diffusion 1.x uses) stands in.
     pub bundled_tokenizer: bool,
@@ -29,30 +29,30 @@ impl ClipScorer {
     /// Loads a transformers CLIP folder or an OpenAI / open_clip checkpoint.
     pub fn load(path: &Path, device: &Device) -> Result<Self, ClipLoadError> {
         let mut clip = load_clip(path, &ClipLoadOptions::default(), device)?;
-        let (tokenizer, bundled_tokenizer) = match clip.tokenizer.take() {
-            Some(t) => (t, false),
-            None => (ClipTokenizer::bundled(), true),
-        };
+        let bundled_tokenizer = clip.tokenizer.is_none();
+        if bundled_tokenizer {
+            clip.tokenizer = Some(ClipTokenizer::bundled());
+        }
         Ok(Self {
             clip,
-            tokenizer,
             bundled_tokenizer,
             device: device.clone(),
             batch_size: 16,
         })
     }
+}
 
-    fn rows(features: Tensor<2>) -> Vec<Vec<f32>> {
-        let [n, width] = features.dims();
-        let values = features
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .expect("f32 features");
-        (0..n)
-            .map(|i| values[i * width..(i + 1) * width].to_vec())
-            .collect()
-    }
+/// The rows of `[n, width]` features.
+fn rows(features: Tensor<2>) -> Vec<Vec<f32>> {
+    let [n, width] = features.dims();
+    let values = features
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 features");
+    (0..n)
+        .map(|i| values[i * width..(i + 1) * width].to_vec())
+        .collect()
 }
 
 impl ClipFeatures for ClipScorer {
@@ -67,12 +67,11 @@ impl ClipFeatures for ClipScorer {
                     rgb: im.as_raw(),
                 })
                 .collect();
-            let pixels = self
+            let features = self
                 .clip
-                .processor
-                .pixel_values(&views, &self.device)
+                .image_features(&views, &self.device)
                 .map_err(|e| e.to_string())?;
-            out.extend(Self::rows(self.clip.model.get_image_features(pixels)));
+            out.extend(rows(features));
         }
         Ok(out)
     }
@@ -81,19 +80,12 @@ impl ClipFeatures for ClipScorer {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let mut ids = Vec::new();
-        let mut len = 0;
-        for t in texts {
-            let e = self
-                .tokenizer
-                .encode(t)
-                .map_err(|e| format!("{t:?}: {e}"))?;
-            len = e.ids.len();
-            ids.extend(e.ids.iter().map(|&i| i64::from(i)));
-        }
-        let ids =
-            Tensor::<2, Int>::from_data(TensorData::new(ids, [texts.len(), len]), &self.device);
-        Ok(Self::rows(self.clip.model.get_text_features(ids)))
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let features = self
+            .clip
+            .text_features(&texts, &self.device)
+            .map_err(|e| e.to_string())?;
+        Ok(rows(features))
     }
 }
 

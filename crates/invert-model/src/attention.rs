@@ -5,6 +5,8 @@
 
 use burn::nn::{GroupNorm, Linear, LinearConfig};
 use burn::prelude::*;
+use burn::tensor::DType;
+use burn::tensor::activation::softmax;
 
 pub use crate::fused::attention::multi_head_attention;
 use crate::layers::{group_norm, group_norm_act, image_to_tokens, linear_fused, tokens_to_image};
@@ -64,14 +66,81 @@ impl AttentionConfig {
     }
 }
 
+/// Which part of the U-Net an attention layer sits in: the reference's `place_in_unet`
+/// (`register_attention_control` in diffusers' examples/community/pipeline_prompt2prompt.py).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UNetPlace {
+    Down,
+    Mid,
+    Up,
+}
+
+/// One attention call of the U-Net as an [`AttentionControl`] sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionPlace {
+    pub place: UNetPlace,
+    /// `attn2` (keys from the text) rather than `attn1` (keys from the image tokens).
+    pub is_cross: bool,
+    /// The query tokens' grid, `height * width = lq` (the latent size at this level).
+    pub height: usize,
+    pub width: usize,
+}
+
+/// A hook on the U-Net's attention probabilities: diffusers' attention processors reduced to
+/// what Prompt-to-Prompt needs (`P2PCrossAttnProcessor` calls `controller(attention_probs,
+/// is_cross, place_in_unet)` between the softmax and `probs @ v`).
+pub trait AttentionControl {
+    /// Whether this call's probabilities are wanted; `false` keeps the fused kernel, which
+    /// never materialises them (e.g. large self-attention layers the controller ignores).
+    fn wants(&self, at: &AttentionPlace) -> bool {
+        let _ = at;
+        true
+    }
+
+    /// `probs` `[b, heads, lq, lk]` in f32 (softmax rows); returns the probabilities the layer
+    /// then applies to the values, same shape.
+    fn control(&mut self, probs: Tensor<4>, at: &AttentionPlace) -> Tensor<4>;
+}
+
+/// An attention call's controller and place, threaded down the U-Net's forward calls.
+pub type AttentionHook<'a> = Option<(&'a mut dyn AttentionControl, AttentionPlace)>;
+
+/// Reborrows a threaded controller for one call. `Option::as_deref_mut` cannot: `&mut` is
+/// invariant, so the trait object's lifetime must be shortened by this coercion.
+pub fn reborrow<'s>(
+    control: &'s mut Option<&mut dyn AttentionControl>,
+) -> Option<&'s mut dyn AttentionControl> {
+    match control {
+        Some(c) => Some(&mut **c),
+        None => None,
+    }
+}
+
 impl Attention {
     /// Token attention: `x` is `[b, lq, query_dim]`, `context` `[b, lk, cross_dim]` or `None`.
     pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>) -> Tensor<3> {
+        self.forward_hooked(x, context, None)
+    }
+
+    /// [`Self::forward`] with an optional [`AttentionControl`]: without one (or when it does not
+    /// want this call) the fused attention runs; with one the probabilities are computed
+    /// explicitly, handed to it, and its result is applied to the values.
+    pub fn forward_hooked(
+        &self,
+        x: Tensor<3>,
+        context: Option<Tensor<3>>,
+        hook: AttentionHook<'_>,
+    ) -> Tensor<3> {
         let context = context.unwrap_or_else(|| x.clone());
         let q = linear_fused(&self.to_q, x);
         let k = linear_fused(&self.to_k, context.clone());
         let v = linear_fused(&self.to_v, context);
-        let out = multi_head_attention(q, k, v, self.heads, self.upcast, false);
+        let out = match hook {
+            Some((control, at)) if control.wants(&at) => {
+                controlled_attention(q, k, v, self.heads, control, &at)
+            }
+            _ => multi_head_attention(q, k, v, self.heads, self.upcast, false),
+        };
         linear_fused(&self.to_out[0], out)
     }
 
@@ -91,6 +160,35 @@ impl Attention {
             out
         }
     }
+}
+
+/// Multi-head attention with the probabilities explicit, as diffusers' `AttnProcessor`
+/// (`get_attention_scores`: `softmax(q k^T * dim_head^-0.5)`, then `probs @ v`), in f32 whatever
+/// the weights' dtype, with `control` between the softmax and the product.
+fn controlled_attention(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    heads: usize,
+    control: &mut dyn AttentionControl,
+    at: &AttentionPlace,
+) -> Tensor<3> {
+    let [b, lq, inner] = q.dims();
+    let lk = k.dims()[1];
+    let d = inner / heads;
+    let dtype = q.dtype();
+    let split =
+        |t: Tensor<3>, l: usize| t.cast(DType::F32).reshape([b, l, heads, d]).swap_dims(1, 2);
+    let (q, k, v) = (split(q, lq), split(k, lk), split(v, lk));
+    let scores = q
+        .matmul(k.swap_dims(2, 3))
+        .mul_scalar((d as f64).powf(-0.5));
+    let probs = control.control(softmax(scores, 3), at);
+    probs
+        .matmul(v)
+        .swap_dims(1, 2)
+        .reshape([b, lq, inner])
+        .cast(dtype)
 }
 
 #[cfg(test)]
@@ -114,5 +212,78 @@ mod tests {
         let attn = cfg.init(&device);
         let x = Tensor::<4>::random([1, 8, 3, 4], Distribution::Normal(0.0, 1.0), &device);
         assert_eq!(attn.forward_image(x).dims(), [1, 8, 3, 4]);
+    }
+
+    /// Records what it saw and hands the probabilities back unchanged (or uniform).
+    struct Probe {
+        seen: Vec<(AttentionPlace, [usize; 4], f32)>,
+        uniform: bool,
+    }
+
+    impl AttentionControl for Probe {
+        fn control(&mut self, probs: Tensor<4>, at: &AttentionPlace) -> Tensor<4> {
+            let row_sum_err = (probs.clone().sum_dim(3) - 1.0)
+                .abs()
+                .max()
+                .into_scalar::<f32>();
+            self.seen.push((*at, probs.dims(), row_sum_err));
+            if self.uniform {
+                probs.ones_like().div_scalar(probs.dims()[3] as f64)
+            } else {
+                probs
+            }
+        }
+    }
+
+    fn cross_attention(device: &Device) -> Attention {
+        AttentionConfig {
+            query_dim: 16,
+            cross_attention_dim: Some(8),
+            heads: 2,
+            dim_head: 8,
+            bias: false,
+            upcast: false,
+            group_norm: None,
+            residual_connection: false,
+        }
+        .init(device)
+    }
+
+    #[test]
+    fn explicit_probabilities_match_the_fused_path_and_can_be_replaced() {
+        let device = Device::flex();
+        let attn = cross_attention(&device);
+        let x = Tensor::<3>::random([2, 6, 16], Distribution::Normal(0.0, 1.0), &device);
+        let ctx = Tensor::<3>::random([2, 5, 8], Distribution::Normal(0.0, 1.0), &device);
+        let at = AttentionPlace {
+            place: UNetPlace::Mid,
+            is_cross: true,
+            height: 2,
+            width: 3,
+        };
+        let fused = attn.forward(x.clone(), Some(ctx.clone()));
+        let mut probe = Probe {
+            seen: vec![],
+            uniform: false,
+        };
+        let hooked = attn.forward_hooked(x.clone(), Some(ctx.clone()), Some((&mut probe, at)));
+        let diff = (fused - hooked).abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-5, "explicit vs fused attention: {diff}");
+        assert_eq!(probe.seen.len(), 1);
+        let (seen_at, dims, row_err) = probe.seen[0];
+        assert_eq!((seen_at, dims), (at, [2, 2, 6, 5]));
+        assert!(row_err < 1e-5, "softmax rows sum to 1 (off by {row_err})");
+
+        // Uniform probabilities: every query gets the mean of the values, so all rows agree.
+        let mut uniform = Probe {
+            seen: vec![],
+            uniform: true,
+        };
+        let out = attn.forward_hooked(x, Some(ctx), Some((&mut uniform, at)));
+        let spread = (out.clone() - out.slice(s![.., 0..1, ..]))
+            .abs()
+            .max()
+            .into_scalar::<f32>();
+        assert!(spread < 1e-5, "uniform attention: rows differ by {spread}");
     }
 }

@@ -13,6 +13,7 @@ pub mod layers;
 pub mod loading;
 pub mod pipeline;
 pub mod prompt;
+pub mod prompt_to_prompt;
 pub mod resnet;
 pub mod saving;
 pub mod schedulers;

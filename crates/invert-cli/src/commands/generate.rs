@@ -1,5 +1,6 @@
-//! `invert generate`: text-to-image with any number of learned words, seeds, samplers,
-//! guidance and negative prompts; PNGs that carry A1111-style `parameters`, and a grid.
+//! `invert generate`: text-to-image, or image-to-image from `--init-image` (style transfer), with
+//! any number of learned words, seeds, samplers, guidance and negative prompts; PNGs that carry
+//! A1111-style `parameters`, and a grid.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -9,12 +10,12 @@ use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use invert_model::embedding::read_embeddings;
 use invert_model::loading::{StableDiffusion, load};
 use invert_model::pipeline::prompt_encoding::Emphasis;
 use invert_model::pipeline::{
-    Image, Parameters, Request, a1111_sampler_name, decode, encode_png, grid, grid_columns,
-    sample_latents, validate,
+    Image, ImageToImage, Parameters, Request, SeededNoise, a1111_sampler_name, check_strength,
+    decode, default_size, encode_png, grid, grid_columns, load_init_image, preprocess,
+    sample_latents, sample_latents_from_image, validate, validate_image_to_image,
 };
 use invert_model::prompt::chunk_prompt;
 use invert_model::schedulers::{SamplerConfig, SamplerKind};
@@ -25,6 +26,7 @@ use invert_model::weights::safetensors_write::write_atomic;
 use sha2::{Digest, Sha256};
 
 use super::model::ModelArgs;
+use super::words::{add_embedding_files, word_hashes};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -83,6 +85,15 @@ pub struct GenerateArgs {
     /// of noise, to reproduce another tool's image exactly.
     #[arg(long)]
     pub init_latents: Option<PathBuf>,
+    /// Image-to-image: start from this picture (PNG, JPEG, WebP, BMP, GIF) instead of noise,
+    /// e.g. to repaint a photo in a learned style. --width/--height default to its size rounded
+    /// down to a multiple of 8; another size resizes it (Lanczos).
+    #[arg(long, conflicts_with = "init_latents")]
+    pub init_image: Option<PathBuf>,
+    /// How much of --init-image to repaint, in (0, 1] (A1111's denoising strength): the share
+    /// of --steps that run, from a picture noised to match. Default 0.8.
+    #[arg(long, requires = "init_image", allow_negative_numbers = true)]
+    pub strength: Option<f64>,
     /// Output folder.
     #[arg(long, default_value = "out/images")]
     pub out: PathBuf,
@@ -91,7 +102,25 @@ pub struct GenerateArgs {
     pub no_grid: bool,
 }
 
-fn short_hash(path: &Path) -> Result<String> {
+/// `--strength` when not given: diffusers' `StableDiffusionImg2ImgPipeline` default.
+const DEFAULT_STRENGTH: f64 = 0.8;
+
+/// The model's name and, for a single file, its short hash (A1111's `Model` and `Model hash`).
+pub(crate) fn model_identity(sd: &StableDiffusion) -> Result<(String, Option<String>)> {
+    let hash = if sd.source.is_file() {
+        Some(short_hash(&sd.source)?)
+    } else {
+        None
+    };
+    let name = sd
+        .source
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok((name, hash))
+}
+
+pub(crate) fn short_hash(path: &Path) -> Result<String> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut hasher = Sha256::new();
@@ -160,7 +189,7 @@ fn read_init_latents(path: &Path, device: &Device) -> Result<Tensor<4>> {
 }
 
 /// The next free `NNNNN-SEED.png` name in `dir` (never an existing file).
-fn next_index(dir: &Path) -> usize {
+pub(crate) fn next_index(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries
@@ -176,7 +205,12 @@ fn next_index(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
-fn write_png(dir: &Path, name: &str, image: &Image, params: &Parameters) -> Result<PathBuf> {
+pub(crate) fn write_png(
+    dir: &Path,
+    name: &str,
+    image: &Image,
+    params: &Parameters,
+) -> Result<PathBuf> {
     let path = dir.join(name);
     let bytes = encode_png(image, &[("parameters", params.to_a1111())]).context("encoding PNG")?;
     write_atomic(&path, &bytes, false).with_context(|| format!("writing {}", path.display()))?;
@@ -188,42 +222,23 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.count == 0 || args.batch_size == 0 {
         bail!("--images and --batch-size must be at least 1");
     }
+    // The picture and the strength are checked before the (slow) model load.
+    let picture = args
+        .init_image
+        .as_deref()
+        .map(load_init_image)
+        .transpose()?;
+    let strength = args.strength.unwrap_or(DEFAULT_STRENGTH);
+    if picture.is_some() {
+        check_strength(strength, args.steps)?;
+    }
     let (device, options) = args.model.device_and_options()?;
     let model_path = args.model.path();
     let sd: StableDiffusion = load(&model_path, &options, &device)
         .with_context(|| format!("could not load the model at {}", model_path.display()))?;
 
     let mut vocab = Vocabulary::for_model(&sd).context("setting up the tokenizer")?;
-    let mut ti_hashes = Vec::new();
-    let mut loaded: Vec<(String, &Path)> = Vec::new();
-    for path in &args.embeddings {
-        let hash = short_hash(path)?;
-        for e in
-            read_embeddings(path, None).with_context(|| format!("reading {}", path.display()))?
-        {
-            // Two files defining one word: name both, which the tokenizer alone cannot.
-            if let Some((_, first)) = loaded
-                .iter()
-                .find(|(t, _)| t.to_lowercase() == e.token.to_lowercase())
-            {
-                bail!(
-                    "the word `{}` is defined by both {} and {}; pass only one of them, or give \
-                     one another token with `invert embedding convert IN OUT --token NEW`",
-                    e.token,
-                    first.display(),
-                    path.display()
-                );
-            }
-            loaded.push((e.token.clone(), path));
-            let added = vocab
-                .add_embedding(&e, path)
-                .with_context(|| format!("adding `{}` from {}", e.token, path.display()))?;
-            if let Some(note) = added.note {
-                eprintln!("note: {note}");
-            }
-            ti_hashes.push((e.token.clone(), hash.clone()));
-        }
-    }
+    let ti_hashes = word_hashes(&add_embedding_files(&mut vocab, &args.embeddings)?)?;
 
     let kind = match &args.sampler {
         Some(name) => name.parse::<SamplerKind>().map_err(|e| anyhow!(e))?,
@@ -239,7 +254,24 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .with_karras(args.karras)
         .with_eta(args.eta);
     let native = sd.config.vae.downscale_factor() * sd.config.unet_sample_size();
-    let (width, height) = (args.width.unwrap_or(native), args.height.unwrap_or(native));
+    // img2img makes the picture's size unless told otherwise (diffusers' img2img pipelines).
+    let (default_w, default_h) = picture.as_ref().map_or((native, native), default_size);
+    let (width, height) = (
+        args.width.unwrap_or(default_w),
+        args.height.unwrap_or(default_h),
+    );
+    let init_image = picture.map(|rgb| {
+        // A size `validate` refuses (0) is reported by it, not by the resize.
+        let (w, h) = if width > 0 && height > 0 {
+            (width, height)
+        } else {
+            default_size(&rgb)
+        };
+        ImageToImage {
+            image: preprocess(&rgb, w, h, &device),
+            strength,
+        }
+    });
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -251,16 +283,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .as_deref()
         .map(|p| read_init_latents(p, &device))
         .transpose()?;
-    let model_hash = if sd.source.is_file() {
-        Some(short_hash(&sd.source)?)
-    } else {
-        None
-    };
-    let model_name = sd
-        .source
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let (model_name, model_hash) = model_identity(&sd)?;
 
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -294,7 +317,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                         .narrow(0, first, n.min(l.dims()[0].saturating_sub(first)))
                 }),
             };
-            validate(&sd, &request, n)?;
+            match &init_image {
+                Some(init) => validate_image_to_image(&sd, &request, init, n).map(|_| ())?,
+                None => validate(&sd, &request, n).map(|_| ())?,
+            }
             let batch_start = Instant::now();
             let bar = ProgressBar::new(args.steps as u64).with_style(
                 ProgressStyle::with_template(
@@ -312,10 +338,24 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                     String::new()
                 }
             ));
-            let latents = sample_latents(&sd, &vocab, &request, n, &device, |step, total| {
+            let progress = |step: usize, total: usize| {
                 bar.set_length(total as u64);
                 bar.set_position(step as u64);
-            })?;
+            };
+            let latents = match &init_image {
+                // Image i draws its posterior sample, add_noise noise and ancestral noise from
+                // seed + i, like text-to-image's noise.
+                Some(init) => sample_latents_from_image(
+                    &sd,
+                    &vocab,
+                    &request,
+                    init,
+                    n,
+                    &mut SeededNoise::new(request.seed, n),
+                    progress,
+                )?,
+                None => sample_latents(&sd, &vocab, &request, n, &device, progress)?,
+            };
             total_steps += bar.length().unwrap_or(0) as usize;
             bar.finish_and_clear();
             let images = decode(&sd, latents, request.seed);
@@ -339,6 +379,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                     model_hash: model_hash.clone(),
                     clip_skip: args.clip_skip,
                     embeddings: ti_hashes.clone(),
+                    denoising_strength: init_image.as_ref().map(|i| i.strength),
                 };
                 let path = write_png(
                     &args.out,

@@ -1,4 +1,5 @@
 pub mod device;
+pub mod edit;
 pub mod embedding;
 pub mod eval;
 pub mod eval_clip;

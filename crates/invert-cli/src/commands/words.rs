@@ -43,6 +43,15 @@ pub fn add_embedding_files(
     Ok(loaded)
 }
 
+/// `(token, short hash of its file)` of each word, for the PNGs' `parameters` (A1111's
+/// "TI hashes").
+pub fn word_hashes(loaded: &[(LearnedEmbedding, PathBuf)]) -> Result<Vec<(String, String)>> {
+    loaded
+        .iter()
+        .map(|(e, path)| Ok((e.token.clone(), super::generate::short_hash(path)?)))
+        .collect()
+}
+
 /// The initialiser text of the `invert train` run an embedding came from (its folder's
 /// `config.json`), if it came from one and was not initialised at random.
 pub fn recorded_init_word(embedding: &Path) -> Option<String> {

@@ -69,6 +69,8 @@ pub struct Parameters {
     pub clip_skip: usize,
     /// (token, short hash) of each learned embedding used.
     pub embeddings: Vec<(String, String)>,
+    /// img2img's strength (A1111's "Denoising strength"); `None` for text-to-image.
+    pub denoising_strength: Option<f64>,
 }
 
 impl Parameters {
@@ -86,6 +88,10 @@ impl Parameters {
             s.push_str(&format!(", Model hash: {h}"));
         }
         s.push_str(&format!(", Model: {}", self.model_name));
+        // Where A1111's img2img tab writes it: right after the model.
+        if let Some(strength) = self.denoising_strength {
+            s.push_str(&format!(", Denoising strength: {strength}"));
+        }
         if self.clip_skip > 1 {
             s.push_str(&format!(", Clip skip: {}", self.clip_skip));
         }
@@ -163,6 +169,17 @@ mod tests {
         assert_eq!(
             text.text,
             "a photo of <cat-toy>\nNegative prompt: blurry\nSteps: 10, Sampler: PLMS, CFG scale: 7.5, Seed: 7, Size: 3x2, Model: tiny, Version: invert 0.1.0"
+        );
+        let img2img = Parameters {
+            denoising_strength: Some(0.6),
+            ..params
+        };
+        assert!(
+            img2img
+                .to_a1111()
+                .contains("Size: 3x2, Model: tiny, Denoising strength: 0.6, Version"),
+            "{}",
+            img2img.to_a1111()
         );
     }
 

@@ -5,6 +5,10 @@
 //! rounded to f32, and only then uploaded. The same seed therefore gives bit-identical noise on
 //! every backend and machine. It is not torch's generator: to reproduce an image made by
 //! another tool exactly, pass its initial latents with `--init-latents`.
+//!
+//! A pipeline takes its random numbers from a [`NoiseSource`]; [`SeededNoise`] gives image `i`
+//! of a batch the stream of seed `seed + i` (A1111's convention), so any image of a batch can be
+//! made again alone.
 
 use burn::prelude::*;
 
@@ -55,9 +59,70 @@ impl NoiseGenerator {
     }
 }
 
+/// Where a pipeline's standard-normal tensors come from, one call per draw, in the order
+/// diffusers draws them: text-to-image's initial latents, img2img's posterior sample and
+/// `add_noise` noise, then one tensor per ancestral step.
+pub trait NoiseSource {
+    /// A standard-normal `[batch, c, h, w]` tensor on `device`.
+    fn draw(&mut self, shape: [usize; 4], device: &Device) -> Tensor<4>;
+}
+
+/// One [`NoiseGenerator`] per image of a batch, seeded `seed`, `seed + 1`, ...: each draw takes
+/// image `i`'s slice from generator `i`, so an image does not depend on the batch it was made in.
+#[derive(Debug, Clone)]
+pub struct SeededNoise {
+    generators: Vec<NoiseGenerator>,
+}
+
+impl SeededNoise {
+    pub fn new(seed: u64, count: usize) -> Self {
+        Self {
+            generators: (0..count)
+                .map(|i| NoiseGenerator::new(seed + i as u64))
+                .collect(),
+        }
+    }
+}
+
+impl NoiseSource for SeededNoise {
+    /// # Panics
+    /// If `shape[0]` is not the number of images this source was made for.
+    fn draw(&mut self, shape: [usize; 4], device: &Device) -> Tensor<4> {
+        assert_eq!(
+            shape[0],
+            self.generators.len(),
+            "one generator per image of the batch"
+        );
+        let per_image = [1, shape[1], shape[2], shape[3]];
+        Tensor::cat(
+            self.generators
+                .iter_mut()
+                .map(|g| g.tensor(per_image, device))
+                .collect(),
+            0,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seeded_noise_gives_each_image_its_own_seed() {
+        let device = Device::flex();
+        let mut batch = SeededNoise::new(10, 2);
+        let mut alone = SeededNoise::new(11, 1);
+        for _ in 0..2 {
+            let both = batch.draw([2, 1, 2, 3], &device);
+            let second = alone.draw([1, 1, 2, 3], &device);
+            assert_eq!(
+                both.narrow(0, 1, 1).into_data(),
+                second.into_data(),
+                "image 1 of seed 10 is image 0 of seed 11"
+            );
+        }
+    }
 
     #[test]
     fn same_seed_same_noise_and_standard_moments() {

@@ -1,17 +1,17 @@
 //! Text-to-image sampling as diffusers' `StableDiffusionPipeline.__call__` and
 //! `StableDiffusionXLPipeline.__call__` do it: encode prompt and negative prompt (in A1111's
-//! prompt syntax, see `prompt_encoding.rs`), start from seeded noise scaled by the sampler's `init_noise_sigma`,
-//! denoise with classifier-free guidance (SDXL with its added conditions), decode with the VAE.
+//! prompt syntax, see `prompt_encoding.rs`), start from seeded noise scaled by the sampler's
+//! `init_noise_sigma`, denoise with classifier-free guidance (SDXL with its added conditions; the
+//! loop is `denoise.rs`, shared with image-to-image), decode with the VAE.
 
 use burn::prelude::*;
 use burn::tensor::DType;
 
-use super::noise::NoiseGenerator;
-use super::prompt_encoding::{
-    Emphasis, LearnedRows, encode_weighted_prompt, sdxl_time_ids, time_ids_tensor,
-};
+use super::denoise::{Guidance, denoise, init_sampler};
+use super::noise::{NoiseSource, SeededNoise};
+use super::prompt_encoding::Emphasis;
 use crate::loading::StableDiffusion;
-use crate::schedulers::{NoiseScheduleConfig, SamplerConfig, SchedulerError};
+use crate::schedulers::{SamplerConfig, SchedulerError};
 use crate::vocabulary::{Vocabulary, VocabularyError};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,23 @@ pub enum GenerateError {
         found: Vec<usize>,
         expected: [usize; 4],
     },
+    #[error(
+        "--strength must be a number in (0, 1] (got {0}): 1 repaints the whole picture, values near 0 keep it"
+    )]
+    Strength(f64),
+    #[error("--strength {strength} with --steps {steps} runs no denoising step (int(steps * strength) = 0); raise --strength to at least {} or --steps to at least {}", 1.0 / *.steps as f64, (1.0 / .strength).ceil())]
+    NoStepsAtStrength { strength: f64, steps: usize },
+    #[error(
+        "the init image has shape {found:?}; this request needs [1 or {count}, 3, {height}, {width}] (RGB in [-1, 1] at the requested size)"
+    )]
+    InitImage {
+        found: Vec<usize>,
+        count: usize,
+        height: usize,
+        width: usize,
+    },
+    #[error("init latents and an init image cannot be combined: give one of them")]
+    InitLatentsAndImage,
     #[error(transparent)]
     Scheduler(#[from] SchedulerError),
     #[error(transparent)]
@@ -109,98 +126,27 @@ pub fn sample_latents(
     r: &Request,
     count: usize,
     device: &Device,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<Tensor<4>, GenerateError> {
     let shape = validate(sd, r, count)?;
-    let schedule = NoiseScheduleConfig::from_json(&sd.config.scheduler)?;
-    let mut sampler = r.sampler.init(&schedule)?;
-    sampler.set_timesteps(r.steps)?;
-
-    let (extra, extra_2) = (vocab.extra(device), vocab.extra_2(device));
-    let learned = LearnedRows {
-        first: extra.as_ref(),
-        second: extra_2.as_ref(),
-    };
-    // Prompts in A1111's syntax: emphasis, BREAK, any length (see `crate::prompt`).
-    let encode = |text: &str| {
-        encode_weighted_prompt(sd, vocab, text, learned, r.clip_skip, r.emphasis, device)
-    };
-    let cond = encode(&r.prompt)?;
-    let guided = r.guidance > 1.0;
-    let conditioning = if guided {
-        // SDXL's `force_zeros_for_empty_prompt`: no negative prompt means zeros, not "".
-        let zeros = cond.text_embeds.is_some()
-            && sd.config.force_zeros_for_empty_prompt
-            && r.negative.trim().is_empty();
-        let uncond = if zeros {
-            cond.zeros_like()
-        } else {
-            encode(&r.negative)?
-        };
-        // A prompt and a negative prompt of different lengths: the shorter one gets encoded
-        // empty prompts appended (A1111's `pad_cond`).
-        let (lc, lu) = (cond.context.dims()[1], uncond.context.dims()[1]);
-        let (cond, uncond) = if lc == lu {
-            (cond, uncond)
-        } else {
-            let empty = encode("")?;
-            (cond.pad_to(lu, &empty), uncond.pad_to(lc, &empty))
-        };
-        uncond.repeat(count).cat(cond.repeat(count))
-    } else {
-        cond.repeat(count)
-    };
-    let batch = if guided { 2 * count } else { count };
-    let added = conditioning.added(|| {
-        let size = [r.height, r.width];
-        time_ids_tensor(&vec![sdxl_time_ids(size, [0, 0], size); batch], device)
-    });
-
+    let mut sampler = init_sampler(sd, r)?;
+    let guidance = Guidance::encode(sd, vocab, r, count, device)?;
     // Image i starts from seed + i (A1111's convention), so any image can be made alone again.
-    let mut generators: Vec<NoiseGenerator> = (0..count)
-        .map(|i| NoiseGenerator::new(r.seed + i as u64))
-        .collect();
-    let per_image = [1, shape[1], shape[2], shape[3]];
-    let draw = |gens: &mut Vec<NoiseGenerator>| {
-        Tensor::cat(
-            gens.iter_mut()
-                .map(|g| g.tensor(per_image, device))
-                .collect(),
-            0,
-        )
-    };
+    let mut noise = SeededNoise::new(r.seed, count);
     let initial = match &r.init_latents {
         Some(l) => l.clone(),
-        None => draw(&mut generators),
+        None => noise.draw(shape, device),
     };
-    let mut latents = initial.mul_scalar(sampler.init_noise_sigma());
-
-    let timesteps: Vec<f64> = sampler.timesteps().to_vec();
-    for (i, &t) in timesteps.iter().enumerate() {
-        let input = sampler.scale_model_input(latents.clone(), i);
-        let input = if guided {
-            Tensor::cat(vec![input.clone(), input], 0)
-        } else {
-            input
-        };
-        let n = input.dims()[0];
-        let t_batch = Tensor::<1>::from_data(TensorData::new(vec![t as f32; n], [n]), device);
-        // Guidance and the sampler's arithmetic run in f32 whatever the model's precision.
-        let out = sd
-            .unet
-            .forward_with(input, t_batch, conditioning.context.clone(), added.as_ref())
-            .cast(DType::F32);
-        let out = if guided {
-            let [uncond, text] = out.chunk(2, 0).try_into().expect("two halves");
-            uncond.clone() + (text - uncond).mul_scalar(r.guidance)
-        } else {
-            out
-        };
-        let noise = sampler.needs_noise().then(|| draw(&mut generators));
-        latents = sampler.step(out, i, latents, noise);
-        progress(i + 1, timesteps.len());
-    }
-    Ok(latents)
+    let latents = initial.mul_scalar(sampler.init_noise_sigma());
+    Ok(denoise(
+        sd,
+        &guidance,
+        &mut sampler,
+        latents,
+        0,
+        &mut noise,
+        progress,
+    ))
 }
 
 /// Decodes latents to RGB8 images as diffusers does: `vae.decode(latents / scaling_factor)`,

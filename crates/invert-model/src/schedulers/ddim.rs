@@ -5,7 +5,7 @@ use burn::prelude::*;
 
 use super::numpy::{np_arange, np_linspace, np_round};
 use super::schedule_config::{NoiseScheduleConfig, PredictionType, TimestepSpacing};
-use super::{SchedulerError, check_in_range, check_steps, to_f32};
+use super::{SchedulerError, check_in_range, check_steps, ddpm_add_noise, to_f32};
 
 const NAME: &str = "DDIM";
 
@@ -96,6 +96,13 @@ impl Ddim {
 
     pub fn needs_noise(&self) -> bool {
         self.eta > 0.0
+    }
+
+    /// `x_t = sqrt(abar_t) * x0 + sqrt(1 - abar_t) * noise` at `t = timesteps()[step_index]`
+    /// (`DDIMScheduler.add_noise`, which img2img calls with `timesteps[t_start]`).
+    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step_index: usize) -> Tensor<4> {
+        let t = self.timesteps[step_index] as i64;
+        ddpm_add_noise(self.abar(t), original, noise)
     }
 
     fn abar(&self, t: i64) -> f32 {

@@ -174,6 +174,25 @@ impl DpmSolverMultistep {
         }
     }
 
+    /// Starts the solver at step `begin_index` (`set_begin_index`: img2img skips the first
+    /// `t_start` steps). The first step run is first order, as diffusers' `lower_order_nums`
+    /// count starts at 0 whatever the begin index.
+    pub fn set_begin_index(&mut self, begin_index: usize) {
+        assert!(
+            begin_index < self.timesteps.len(),
+            "{NAME}: begin index {begin_index} of {} steps (call set_timesteps first)",
+            self.timesteps.len()
+        );
+        self.step_index = begin_index;
+    }
+
+    /// `alpha_t * x0 + sigma_t * noise` at the sigma of step `step_index`
+    /// (`DPMSolverMultistepScheduler.add_noise` before the first step: img2img).
+    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step_index: usize) -> Tensor<4> {
+        let (alpha_t, sigma_t) = Self::alpha_sigma(self.sigmas[step_index]);
+        to_f32(original).mul_scalar(alpha_t) + to_f32(noise).mul_scalar(sigma_t)
+    }
+
     /// One solver step from `timesteps()[step_index]` to the next. Steps must run in order:
     /// the sampler keeps the previous x0 prediction.
     pub fn step(

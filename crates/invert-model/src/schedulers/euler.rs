@@ -106,6 +106,12 @@ impl Euler {
         to_f32(sample).div_scalar(input_scale(self.sigma(step_index)))
     }
 
+    /// `x0 + noise * sigma` with the sigma of step `step_index` (`EulerDiscreteScheduler.add_noise`
+    /// before the first step, when the pipeline has set a begin index: img2img).
+    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step_index: usize) -> Tensor<4> {
+        to_f32(original) + to_f32(noise).mul_scalar(self.sigma(step_index))
+    }
+
     /// One Euler step from `sigmas[i]` to `sigmas[i + 1]` (with `s_churn = 0`, the pipeline's
     /// default, so no noise is added).
     pub fn step(&self, model_output: Tensor<4>, step_index: usize, sample: Tensor<4>) -> Tensor<4> {

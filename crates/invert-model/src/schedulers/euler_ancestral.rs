@@ -90,6 +90,12 @@ impl EulerAncestral {
         to_f32(sample).div_scalar(input_scale(self.sigma(step_index)))
     }
 
+    /// `x0 + noise * sigma` with the sigma of step `step_index`
+    /// (`EulerAncestralDiscreteScheduler.add_noise` before the first step: img2img).
+    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step_index: usize) -> Tensor<4> {
+        to_f32(original) + to_f32(noise).mul_scalar(self.sigma(step_index))
+    }
+
     /// One ancestral step; `noise` is standard normal, shaped like `sample`.
     pub fn step(
         &self,

@@ -7,6 +7,8 @@
 //!   [`EulerAncestral`] and [`DpmSolverMultistep`] (DPM-Solver++ 2M), built from the same
 //!   config by [`SamplerConfig::init`], the way diffusers pipelines swap schedulers with
 //!   `Cls.from_config(pipe.scheduler.config)`.
+//! - [`DdimInverse`] runs DDIM backwards (`DDIMInverseScheduler`), for DDIM inversion of real
+//!   pictures (`pipeline/ddim_inversion.rs`).
 //!
 //! Timesteps, sigmas and each step's arithmetic follow diffusers operation by operation, in
 //! f32 where diffusers computes in float32 tensors and in f64 where it uses numpy float64
@@ -25,6 +27,7 @@
 
 mod config_json;
 mod ddim;
+mod ddim_inverse;
 mod dpm_solver;
 mod euler;
 mod euler_ancestral;
@@ -36,6 +39,7 @@ mod schedule_config;
 mod sigmas;
 
 pub use ddim::Ddim;
+pub use ddim_inverse::DdimInverse;
 pub use dpm_solver::DpmSolverMultistep;
 pub use euler::Euler;
 pub use euler_ancestral::EulerAncestral;
@@ -80,6 +84,12 @@ pub(crate) fn to_f32<const D: usize>(tensor: Tensor<D>) -> Tensor<D> {
     } else {
         tensor.cast(DType::F32)
     }
+}
+
+/// `sqrt(abar_t) * x0 + sqrt(1 - abar_t) * noise` in f32: the DDPM forward process that
+/// `DDIMScheduler.add_noise` and `PNDMScheduler.add_noise` compute (`alphas_cumprod[t] ** 0.5`).
+pub(crate) fn ddpm_add_noise(abar: f32, original: Tensor<4>, noise: Tensor<4>) -> Tensor<4> {
+    to_f32(original).mul_scalar(abar.sqrt()) + to_f32(noise).mul_scalar((1.0 - abar).sqrt())
 }
 
 /// The checks every `set_timesteps` shares (diffusers raises for DDIM; the others would build

@@ -8,7 +8,9 @@ use burn::prelude::*;
 
 use super::numpy::{np_arange, np_linspace, np_round};
 use super::schedule_config::{NoiseScheduleConfig, PredictionType, TimestepSpacing};
-use super::{SchedulerError, check_in_range, check_step_index, check_steps, to_f32};
+use super::{
+    SchedulerError, check_in_range, check_step_index, check_steps, ddpm_add_noise, to_f32,
+};
 
 const NAME: &str = "PNDM";
 
@@ -24,6 +26,8 @@ pub struct Pndm {
     num_inference_steps: usize,
     prk_timesteps: Vec<i64>,
     timesteps: Vec<f64>,
+    /// The first step that runs (img2img starts part-way, see [`Pndm::set_begin_index`]).
+    begin_index: usize,
     // running values (reset by set_timesteps)
     counter: usize,
     ets: Vec<Tensor<4>>,
@@ -62,6 +66,7 @@ impl Pndm {
             num_inference_steps: 0,
             prk_timesteps: Vec::new(),
             timesteps: Vec::new(),
+            begin_index: 0,
             counter: 0,
             ets: Vec::new(),
             cur_sample: None,
@@ -119,6 +124,7 @@ impl Pndm {
         self.num_inference_steps = n;
         self.prk_timesteps = prk;
         self.timesteps = all.into_iter().map(|v| v as f64).collect();
+        self.begin_index = 0;
         self.counter = 0;
         self.ets.clear();
         self.cur_sample = None;
@@ -131,15 +137,40 @@ impl Pndm {
         &self.timesteps
     }
 
-    /// One PLMS (or Runge-Kutta) update. Steps must run in order: the sampler keeps the
-    /// previous model outputs.
+    /// Runs the steps from `begin_index` on (img2img). diffusers' `PNDMScheduler` has no
+    /// `set_begin_index`: the pipeline just loops over `timesteps[t_start:]` while the scheduler's
+    /// `counter` starts at 0, so the first step run is PLMS's first (Euler-like) step and the
+    /// second one its averaging redo, whatever timesteps they land on. Same here.
+    pub fn set_begin_index(&mut self, begin_index: usize) {
+        assert!(
+            begin_index < self.timesteps.len(),
+            "{NAME}: begin index {begin_index} of {} steps (call set_timesteps first)",
+            self.timesteps.len()
+        );
+        self.begin_index = begin_index;
+    }
+
+    /// `x_t = sqrt(abar_t) * x0 + sqrt(1 - abar_t) * noise` at `t = timesteps()[step_index]`
+    /// (`PNDMScheduler.add_noise`).
+    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step_index: usize) -> Tensor<4> {
+        let t = self.timesteps[step_index] as usize;
+        ddpm_add_noise(self.alphas_cumprod[t], original, noise)
+    }
+
+    /// One PLMS (or Runge-Kutta) update. Steps must run in order from the begin index: the
+    /// sampler keeps the previous model outputs.
     pub fn step(
         &mut self,
         model_output: Tensor<4>,
         step_index: usize,
         sample: Tensor<4>,
     ) -> Tensor<4> {
-        check_step_index(NAME, self.counter, step_index, self.timesteps.len());
+        check_step_index(
+            NAME,
+            self.begin_index + self.counter,
+            step_index,
+            self.timesteps.len(),
+        );
         let (model_output, sample) = (to_f32(model_output), to_f32(sample));
         let timestep = self.timesteps[step_index] as i64;
         let out = if self.counter < self.prk_timesteps.len() && !self.skip_prk_steps {

@@ -233,6 +233,45 @@ impl Sampler {
         }
     }
 
+    /// diffusers' `set_begin_index`, as img2img calls it after `set_timesteps`: the denoising
+    /// loop will start at step `begin_index` (`t_start * order`) instead of 0. Only the samplers
+    /// that count their steps need it (PNDM, DPM-Solver); DDIM and the Euler samplers look the
+    /// step up by its index. `set_timesteps` resets it to 0.
+    ///
+    /// # Panics
+    /// If `begin_index` is not below `timesteps().len()`.
+    pub fn set_begin_index(&mut self, begin_index: usize) {
+        let len = self.timesteps().len();
+        assert!(
+            begin_index < len,
+            "begin index {begin_index} of {len} steps (call set_timesteps first)"
+        );
+        match self {
+            Sampler::Pndm(s) => s.set_begin_index(begin_index),
+            Sampler::DpmSolver(s) => s.set_begin_index(begin_index),
+            Sampler::Ddim(_) | Sampler::Euler(_) | Sampler::EulerAncestral(_) => {}
+        }
+    }
+
+    /// Noises clean latents `original` to the noise level of step `step_index`, the way each
+    /// diffusers scheduler's `add_noise` does before the first step of img2img (called with
+    /// `timesteps[t_start]`, where the sigma samplers use `sigmas[begin_index]`):
+    /// - DDIM, PNDM: `sqrt(abar_t) * x0 + sqrt(1 - abar_t) * noise` (DDPM's forward process);
+    /// - Euler, Euler ancestral: `x0 + sigma * noise` (no `init_noise_sigma`: the model input is
+    ///   divided by `sqrt(sigma^2 + 1)` by `scale_model_input`);
+    /// - DPM-Solver++: `alpha_t * x0 + sigma_t * noise` with `alpha_t = 1 / sqrt(sigma^2 + 1)`.
+    ///
+    /// `noise` is standard normal, shaped like `original`. Works in f32 and returns f32.
+    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step_index: usize) -> Tensor<4> {
+        match self {
+            Sampler::Ddim(s) => s.add_noise(original, noise, step_index),
+            Sampler::Pndm(s) => s.add_noise(original, noise, step_index),
+            Sampler::Euler(s) => s.add_noise(original, noise, step_index),
+            Sampler::EulerAncestral(s) => s.add_noise(original, noise, step_index),
+            Sampler::DpmSolver(s) => s.add_noise(original, noise, step_index),
+        }
+    }
+
     /// Advances `sample` from step `step_index` to the next, given the model's output at
     /// `timesteps()[step_index]` (after classifier-free guidance). `noise`: a standard-normal
     /// tensor shaped like `sample` when [`Sampler::needs_noise`], else ignored. The pipeline
@@ -241,7 +280,8 @@ impl Sampler {
     ///
     /// # Panics
     /// If noise is needed but missing, and for PNDM and DPM-Solver (which keep a history) when
-    /// steps are not run in order `0, 1, ..` after `set_timesteps`.
+    /// steps are not run in order `b, b + 1, ..` after `set_timesteps` (`b`: the begin index, 0
+    /// unless [`Sampler::set_begin_index`] set it).
     pub fn step(
         &mut self,
         model_output: Tensor<4>,
@@ -303,6 +343,65 @@ mod tests {
             .init(&schedule)
             .unwrap();
         assert_eq!(s.kind(), SamplerKind::DpmPlusPlus2M);
+    }
+
+    /// img2img's start: every sampler runs from a begin index, and `add_noise` with a zero
+    /// clean sample gives the noise scaled to that step's level (DDPM `sqrt(1 - abar_t)`, Euler
+    /// `sigma`, DPM-Solver `sigma / sqrt(sigma^2 + 1)`), lower than at step 0.
+    #[test]
+    fn every_sampler_starts_part_way() {
+        let device = Device::flex();
+        let schedule = NoiseScheduleConfig::new()
+            .with_beta_schedule(crate::schedulers::BetaSchedule::ScaledLinear)
+            .with_beta_start(0.00085)
+            .with_beta_end(0.012)
+            .with_steps_offset(1);
+        let level = |s: &Sampler, i: usize| {
+            let zero = Tensor::<4>::zeros([1, 1, 1, 1], &device);
+            let one = Tensor::<4>::ones([1, 1, 1, 1], &device);
+            s.add_noise(zero, one, i).into_scalar::<f32>()
+        };
+        for kind in SamplerKind::ALL {
+            let mut s = SamplerConfig::new(kind).init(&schedule).unwrap();
+            s.set_timesteps(10).unwrap();
+            let begin = 4;
+            s.set_begin_index(begin);
+            let (first, here) = (level(&s, 0), level(&s, begin));
+            assert!(here < first && here > 0.0, "{kind}: {first} then {here}");
+            let t = s.timesteps()[begin] as usize;
+            let abar = schedule.init().alphas_cumprod[t];
+            let want = match kind {
+                SamplerKind::Ddim | SamplerKind::Pndm => (1.0 - abar).sqrt(),
+                SamplerKind::Euler | SamplerKind::EulerAncestral => s.sigmas().unwrap()[begin],
+                SamplerKind::DpmPlusPlus2M => {
+                    let sigma = s.sigmas().unwrap()[begin];
+                    sigma / (sigma * sigma + 1.0).sqrt()
+                }
+            };
+            assert!((here - want).abs() < 1e-6, "{kind}: {here} vs {want}");
+            let mut x = Tensor::<4>::ones([1, 1, 1, 1], &device);
+            for i in begin..s.timesteps().len() {
+                let out = s.scale_model_input(x.clone(), i).mul_scalar(0.1);
+                let noise = s
+                    .needs_noise()
+                    .then(|| Tensor::<4>::zeros([1, 1, 1, 1], &device));
+                x = s.step(out, i, x, noise);
+            }
+            assert!(x.into_scalar::<f32>().is_finite(), "{kind}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "expected step 4")]
+    fn a_begin_index_sampler_refuses_step_zero() {
+        let device = Device::flex();
+        let mut s = SamplerConfig::new(SamplerKind::DpmPlusPlus2M)
+            .init(&NoiseScheduleConfig::new())
+            .unwrap();
+        s.set_timesteps(10).unwrap();
+        s.set_begin_index(4);
+        let x = Tensor::<4>::zeros([1, 1, 1, 1], &device);
+        s.step(x.clone(), 0, x, None);
     }
 
     #[test]

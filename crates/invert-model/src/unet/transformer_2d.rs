@@ -5,7 +5,9 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
-use crate::attention::{Attention, AttentionConfig};
+use crate::attention::{
+    Attention, AttentionConfig, AttentionControl, AttentionPlace, UNetPlace, reborrow,
+};
 use crate::fused::geglu::geglu;
 use crate::fused::layer_norm::layer_norm;
 use crate::layers::{
@@ -48,13 +50,29 @@ pub struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
+    /// `control` sees `attn1` (self) then `attn2` (cross) at `place` over an `[h, w]` grid.
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        context: &Tensor<3>,
+        mut control: Option<&mut dyn AttentionControl>,
+        place: UNetPlace,
+        [height, width]: [usize; 2],
+    ) -> Tensor<3> {
+        let at = |is_cross| AttentionPlace {
+            place,
+            is_cross,
+            height,
+            width,
+        };
         let norm = |ln: &LayerNorm, x: Tensor<3>| layer_norm(ln, x, NORM_EPS);
-        let x = x.clone() + self.attn1.forward(norm(&self.norm1, x), None);
+        let hook = reborrow(&mut control).map(|c| (c, at(false)));
+        let x = x.clone() + self.attn1.forward_hooked(norm(&self.norm1, x), None, hook);
+        let hook = control.map(|c| (c, at(true)));
         let x = x.clone()
             + self
                 .attn2
-                .forward(norm(&self.norm2, x), Some(context.clone()));
+                .forward_hooked(norm(&self.norm2, x), Some(context.clone()), hook);
         x.clone() + self.ff.forward(norm(&self.norm3, x))
     }
 }
@@ -133,7 +151,15 @@ impl Transformer2DModelConfig {
 }
 
 impl Transformer2DModel {
-    pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
+    /// `control`, when set, sees every attention call of the blocks (see
+    /// [`AttentionControl`]), tagged with `place`.
+    pub fn forward(
+        &self,
+        x: Tensor<4>,
+        context: &Tensor<3>,
+        mut control: Option<&mut dyn AttentionControl>,
+        place: UNetPlace,
+    ) -> Tensor<4> {
         let [_, _, h, w] = x.dims();
         let residual = x.clone();
         let mut tokens = match &self.proj_in {
@@ -149,7 +175,7 @@ impl Transformer2DModel {
             }
         };
         for block in &self.transformer_blocks {
-            tokens = block.forward(tokens, context);
+            tokens = block.forward(tokens, context, reborrow(&mut control), place, [h, w]);
         }
         match &self.proj_out {
             Projection::Conv(conv) => conv_fused(

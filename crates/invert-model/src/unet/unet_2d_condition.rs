@@ -12,6 +12,7 @@ use super::unet_blocks::{
     BlockSettings, BlockShape, DownBlock, UNetMidBlock2DCrossAttn, UNetMidBlock2DCrossAttnConfig,
     UpBlock,
 };
+use crate::attention::{AttentionControl, reborrow};
 use crate::layers::{Pre, conv_fused, conv2d, group_norm};
 
 #[derive(Module, Debug)]
@@ -181,6 +182,21 @@ impl UNet2DConditionModel {
         context: Tensor<3>,
         added: Option<&AddedConditions>,
     ) -> Tensor<4> {
+        self.forward_controlled(sample, timesteps, context, added, None)
+    }
+
+    /// [`Self::forward_with`] with an [`AttentionControl`] that sees (and may replace) the
+    /// attention probabilities of every transformer block, in call order: down blocks, mid,
+    /// up blocks, each block's `attn1` before its `attn2` (diffusers' attention-processor order,
+    /// which `register_attention_control` in the Prompt-to-Prompt reference relies on).
+    pub fn forward_controlled(
+        &self,
+        sample: Tensor<4>,
+        timesteps: Tensor<1>,
+        context: Tensor<3>,
+        added: Option<&AddedConditions>,
+        mut control: Option<&mut dyn AttentionControl>,
+    ) -> Tensor<4> {
         // Callers keep latents and conditioning in f32; the network computes in its weights'
         // dtype (f16/bf16 with `--precision`), and the prediction is returned in that dtype.
         let dtype = self.conv_in.weight.val().dtype();
@@ -196,11 +212,13 @@ impl UNet2DConditionModel {
         let mut h = conv_fused(&self.conv_in, sample, Pre::None, None, None);
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
-            let (out, res) = block.forward(h, &temb, &context);
+            let (out, res) = block.forward(h, &temb, &context, reborrow(&mut control));
             h = out;
             skips.extend(res);
         }
-        h = self.mid_block.forward(h, &temb, &context);
+        h = self
+            .mid_block
+            .forward(h, &temb, &context, reborrow(&mut control));
         for block in &self.up_blocks {
             let mine = skips.split_off(skips.len() - block.num_resnets());
             // Upsample to the next skip's size, which handles odd sizes like diffusers'
@@ -209,7 +227,7 @@ impl UNet2DConditionModel {
                 let [_, _, hh, ww] = s.dims();
                 [hh, ww]
             });
-            h = block.forward(h, mine, &temb, &context, size);
+            h = block.forward(h, mine, &temb, &context, size, reborrow(&mut control));
         }
         conv_fused(
             &self.conv_out,

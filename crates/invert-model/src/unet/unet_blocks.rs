@@ -4,6 +4,7 @@
 use burn::prelude::*;
 
 use super::transformer_2d::{Transformer2DModel, Transformer2DModelConfig};
+use crate::attention::{AttentionControl, UNetPlace, reborrow};
 use crate::resnet::{
     Downsample2D, Downsample2DConfig, ResnetBlock2D, ResnetBlock2DConfig, Upsample2D,
     Upsample2DConfig,
@@ -159,6 +160,7 @@ impl DownBlock {
         x: Tensor<4>,
         temb: &Tensor<2>,
         context: &Tensor<3>,
+        mut control: Option<&mut dyn AttentionControl>,
     ) -> (Tensor<4>, Vec<Tensor<4>>) {
         let (resnets, attentions, downsamplers): (_, &[Transformer2DModel], _) = match self {
             DownBlock::CrossAttn(b) => (&b.resnets, &b.attentions, &b.downsamplers),
@@ -169,7 +171,7 @@ impl DownBlock {
         for (j, resnet) in resnets.iter().enumerate() {
             h = resnet.forward(h, Some(temb));
             if let Some(attn) = attentions.get(j) {
-                h = attn.forward(h, context);
+                h = attn.forward(h, context, reborrow(&mut control), UNetPlace::Down);
             }
             skips.push(h.clone());
         }
@@ -206,10 +208,17 @@ impl UNetMidBlock2DCrossAttnConfig {
 }
 
 impl UNetMidBlock2DCrossAttn {
-    pub fn forward(&self, x: Tensor<4>, temb: &Tensor<2>, context: &Tensor<3>) -> Tensor<4> {
+    pub fn forward(
+        &self,
+        x: Tensor<4>,
+        temb: &Tensor<2>,
+        context: &Tensor<3>,
+        mut control: Option<&mut dyn AttentionControl>,
+    ) -> Tensor<4> {
         let mut h = self.resnets[0].forward(x, Some(temb));
         for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
-            h = resnet.forward(attn.forward(h, context), Some(temb));
+            let out = attn.forward(h, context, reborrow(&mut control), UNetPlace::Mid);
+            h = resnet.forward(out, Some(temb));
         }
         h
     }
@@ -252,6 +261,7 @@ impl UpBlock {
         temb: &Tensor<2>,
         context: &Tensor<3>,
         upsample_size: Option<[usize; 2]>,
+        mut control: Option<&mut dyn AttentionControl>,
     ) -> Tensor<4> {
         let (resnets, attentions, upsamplers): (_, &[Transformer2DModel], _) = match self {
             UpBlock::CrossAttn(b) => (&b.resnets, &b.attentions, &b.upsamplers),
@@ -262,7 +272,7 @@ impl UpBlock {
             let skip = skips.pop().expect("one skip connection per resnet");
             h = resnet.forward(Tensor::cat(vec![h, skip], 1), Some(temb));
             if let Some(attn) = attentions.get(j) {
-                h = attn.forward(h, context);
+                h = attn.forward(h, context, reborrow(&mut control), UNetPlace::Up);
             }
         }
         for up in upsamplers {
