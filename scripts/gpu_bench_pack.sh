@@ -2,7 +2,7 @@
 # Prepare PACK (default .gpu-bench/, ignored by git): everything scripts/gpu_bench.sh needs on a
 # GPU machine that has no network, no Rust toolchain and no diffusers, kept small because the
 # whole working tree travels to that machine in at most 64 MiB (the tracked files already take
-# about 54 MiB):
+# about 48 MiB):
 #
 #   invert.xz            `invert` (default features: wgpu + CPU) built with the `packed` profile
 #                        (Cargo.toml: release, opt-level "s", fat LTO, one codegen unit, panic

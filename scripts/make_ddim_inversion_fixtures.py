@@ -7,7 +7,7 @@ its init picture):
 
 DDIM inversion of a real picture as Mokady et al. ("Null-text inversion", 2022) run it, with
 diffusers' pieces on the tiny SD1 model (crates/invert-model/tests/fixtures/tiny-sd1, fp16 files
-loaded as float32, the bundled CLIP tokenizer):
+loaded as float32, the folder's own tokenizer):
 
 1. the picture `pipeline/img2img-init.png` (32x24) through `VaeImageProcessor.preprocess`, encoded
    with the VAE, the posterior mean (not a sample: inversion is deterministic) times scaling_factor;
@@ -49,7 +49,7 @@ from make_img2img_fixtures import canonical_metadata_order, check  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "crates/invert-model/tests/fixtures"
 MODEL = FIXTURES / "tiny-sd1"
-TOKENIZER = ROOT / "crates/invert-model/assets/clip-tokenizer"
+TOKENIZER = MODEL / "tokenizer"  # the model's own 1000-id CLIP BPE (scripts/tiny_clip_bpe.py)
 INIT_PNG = FIXTURES / "pipeline/img2img-init.png"
 OUT = FIXTURES / "pipeline/tiny-sd1-ddim-inversion.safetensors"
 SIZE_LIMIT = 40_000
@@ -115,7 +115,7 @@ def main():
         "timesteps": json.dumps(inverse.timesteps.tolist()),
         "reconstruction.mse": repr(mse),
         "reconstruction.psnr": repr(10 * math.log10(1 / mse)),
-        "tokenizer": "crates/invert-model/assets/clip-tokenizer via transformers CLIPTokenizer",
+        "tokenizer": "tiny-sd1/tokenizer via transformers CLIPTokenizer",
         "compute": "CPU float32, 1 thread",
         "versions": f"torch {torch.__version__}, diffusers {diffusers.__version__}, "
         f"transformers {transformers.__version__}, numpy {np.__version__}",

@@ -61,6 +61,9 @@ from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tiny_clip_bpe import EOS, VOCAB, write_tokenizer_folder  # noqa: E402
+
 warnings.filterwarnings("ignore")
 diffusers.utils.logging.set_verbosity_error()
 transformers.utils.logging.set_verbosity_error()
@@ -78,6 +81,8 @@ OWNED_FILES = ("tiny-sd1.ckpt", "tiny-sd2.safetensors", "README.md",
                os.path.join("golden", "tiny-sd1.safetensors"), os.path.join("golden", "tiny-sd2.safetensors"))
 SHARED_KEYS = "/work/shared/reference/keys"
 KIT_TINY = "/work/shared/bench/diffusers-baseline/models/tiny"  # optional cross-check only
+SD15_TOKENIZER_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "sd15",
+                                      "tokenizer")
 
 VERSIONS = {
     "python": platform.python_version(),
@@ -115,7 +120,8 @@ SD21_DDIM = dict(  # SD 2.1 (768-v) scheduler: DDIM, v-prediction
     prediction_type="v_prediction",
 )
 
-# tiny-sd1 == the kit's make_models.py CONFIGS["tiny"] (same kwargs, so the same random weights)
+# tiny-sd1: the U-Net and VAE are the kit's make_models.py CONFIGS["tiny"] (same kwargs, so the same random
+# weights); the text encoder has the tiny tokenizer's 1000 rows (the kit's has 49,408)
 SD1 = dict(
     unet=dict(
         block_out_channels=(32, 64),
@@ -144,7 +150,7 @@ SD1 = dict(
         num_attention_heads=4,
         num_hidden_layers=5,
         pad_token_id=1,
-        vocab_size=49408,
+        vocab_size=VOCAB,  # the tiny BPE of tiny_clip_bpe.py (tokenizer/): 1000 rows instead of 49,408
         max_position_embeddings=77,
     ),  # hidden_act: default quick_gelu
 )
@@ -557,12 +563,12 @@ def run_vae(vae, image, latent, debug=True):
     return res
 
 
-def make_inputs(kind, vocab, seed):
+def make_inputs(kind, vocab, seed, tokenizer=None):
     g = lambda s: torch.Generator().manual_seed(seed + s)  # noqa: E731
     if kind == "sd1":
-        # "a photo of a cat" with the real CLIP BPE ids, padded with EOS (SD1 tokenizer behaviour)
-        row0 = [49406, 320, 1125, 539, 320, 2368, 49407]
-        row0 = row0 + [49407] * (77 - len(row0))
+        # "a photo of a cat" by the folder's tokenizer, padded with EOS (SD1 tokenizer behaviour)
+        row0 = tokenizer("a photo of a cat", padding="max_length", max_length=77).input_ids
+        check(len(row0) == 77 and row0[-1] == EOS, "sd1 prompt ids padded with EOS")
     else:
         # vocab-1000 stand-in for an SD2 prompt: BOS=998 ... EOS=999, padded with 0 (OpenCLIP pads with 0)
         row0 = [998, 320, 125, 539, 320, 368, 999]
@@ -599,8 +605,9 @@ def build(cfg):
     return unet, vae, te
 
 
-def write_folder(out, unet, vae, te, scheduler, dtype, variant, te_prefix):
-    """configs from the float32 models, weights written with safetensors.save_file (format=pt)."""
+def write_folder(out, unet, vae, te, scheduler, dtype, variant, te_prefix, tokenizer_configs=None):
+    """configs from the float32 models, weights written with safetensors.save_file (format=pt); with
+    tokenizer_configs (a configs/ tokenizer folder), also tokenizer/ with the tiny BPE."""
     os.makedirs(out)
     suffix = f".{variant}" if variant else ""
     index = {
@@ -612,7 +619,7 @@ def write_folder(out, unet, vae, te, scheduler, dtype, variant, te_prefix):
         "safety_checker": [None, None],
         "scheduler": ["diffusers", type(scheduler).__name__],
         "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": [None, None],  # no tokenizer folder in these fixtures
+        "tokenizer": ["transformers", "CLIPTokenizer"] if tokenizer_configs else [None, None],
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }
@@ -620,6 +627,8 @@ def write_folder(out, unet, vae, te, scheduler, dtype, variant, te_prefix):
         json.dump(index, f, indent=2, sort_keys=True)
         f.write("\n")
     scheduler.save_config(os.path.join(out, "scheduler"))
+    if tokenizer_configs:
+        write_tokenizer_folder(os.path.join(out, "tokenizer"), tokenizer_configs, "<|endoftext|>")
     for name, m in (("unet", unet), ("vae", vae)):
         d = os.path.join(out, name)
         m.save_config(d)
@@ -707,16 +716,16 @@ def make_sd1(out_root):
         for comp, m, fn, pre in (
             ("unet", unet, "diffusion_pytorch_model.safetensors", ""),
             ("vae", vae, "diffusion_pytorch_model.safetensors", ""),
-            ("text_encoder", te, "model.safetensors", "text_model."),
-        ):
+        ):  # (not the text encoder: the kit's has the full 49,408-row token table)
             b = st_bytes({pre + k: v.contiguous() for k, v in m.state_dict().items()}, metadata={"format": "pt"})
             ok.append(hashlib.sha256(b).hexdigest() == want.get(f"tiny/{comp}/{fn}"))
-        record(sec, "f32 weights before fp16 rounding == kit's models/tiny (sha256 of unet/vae/te files)",
+        record(sec, "f32 weights before fp16 rounding == kit's models/tiny (sha256 of unet/vae files)",
                "yes" if all(ok) else f"NO {ok}")
     sched = PNDMScheduler.from_config(SD15_PNDM)
-    write_folder(folder, unet, vae, te, sched, torch.float16, "fp16", te_prefix="text_model.")
+    write_folder(folder, unet, vae, te, sched, torch.float16, "fp16", te_prefix="text_model.",
+                 tokenizer_configs=SD15_TOKENIZER_CONFIGS)
     if os.path.isdir(KIT_TINY):
-        cfgs = ["unet/config.json", "vae/config.json", "text_encoder/config.json", "scheduler/scheduler_config.json"]
+        cfgs = ["unet/config.json", "vae/config.json", "scheduler/scheduler_config.json"]
         same = [c for c in cfgs
                 if open(os.path.join(folder, c), "rb").read() == open(os.path.join(KIT_TINY, c), "rb").read()]
         record(sec, "config files byte-identical to the kit's models/tiny", ", ".join(same) if same else "none")
@@ -727,15 +736,15 @@ def make_sd1(out_root):
     for a, b in ((unet, f_unet), (vae, f_vae), (te, f_te)):
         n += assert_params_equal(round_trip(a, torch.float16), b, f"{sec} fp16 variant reload")
     record(sec, "from_pretrained(variant='fp16', float32) == .half().float() of the built params", f"yes ({n} tensors)")
-    p = StableDiffusionPipeline.from_pretrained(
-        folder, variant="fp16", torch_dtype=torch.float32, local_files_only=True, tokenizer=None
-    )
-    check(p.tokenizer is None and type(p.scheduler).__name__ == "PNDMScheduler", "pipeline folder load")
-    record(sec, "StableDiffusionPipeline.from_pretrained(folder, variant='fp16', tokenizer=None)",
-           "loads (tokenizer=None must be passed: model_index lists it as null and it is not optional)")
+    p = StableDiffusionPipeline.from_pretrained(folder, variant="fp16", torch_dtype=torch.float32, local_files_only=True)
+    check(len(p.tokenizer) == VOCAB and p.tokenizer.pad_token_id == EOS and type(p.scheduler).__name__ == "PNDMScheduler",
+          "pipeline folder load")
+    record(sec, "StableDiffusionPipeline.from_pretrained(folder, variant='fp16')",
+           f"loads, with the folder's tokenizer ({len(p.tokenizer)} ids, pads with {EOS})")
+    tokenizer = p.tokenizer
     del p
 
-    inputs = make_inputs("sd1", SD1["text"]["vocab_size"], seed=1000)
+    inputs = make_inputs("sd1", SD1["text"]["vocab_size"], seed=1000, tokenizer=tokenizer)
     gold = golden(f_te, f_unet, f_vae, inputs)
 
     # ---- single file (.ckpt, f16, LDM layout + schedule buffers; no EMA copy: 2.8 MB of the size budget,
@@ -1057,9 +1066,13 @@ Nothing is downloaded.
   layers_per_block 2, down (DownBlock2D, CrossAttnDownBlock2D), up (CrossAttnUpBlock2D, UpBlock2D),
   cross_attention_dim 32, attention_head_dim 8 (= 8 heads, head dim 4 at 32 ch / 8 at 64 ch),
   norm_num_groups 32; VAE [32, 64], 1 resnet per block, latent 4 (H/2), scaling_factor 0.18215;
-  CLIPTextModel hidden 32, 5 layers, 4 heads, MLP 37, quick_gelu, vocab 49408, 77 positions.
-- `model_index.json` (tokenizer/safety_checker/feature_extractor are `[null, null]`; there is no
-  tokenizer folder), `scheduler/scheduler_config.json` (SD1.5 PNDM, epsilon), `unet/config.json`,
+  CLIPTextModel hidden 32, 5 layers, 4 heads, MLP 37, quick_gelu, vocab 1000, 77 positions.
+- `tokenizer/`: a 1000-id CLIP BPE (`scripts/tiny_clip_bpe.py`: OpenAI's id layout truncated, ids 0..997
+  unchanged, `<|startoftext|>` 998, `<|endoftext|>` 999; SD 1.5's own tokenizer_config.json and
+  special_tokens_map.json, padding with `<|endoftext|>`), so the token table has 1000 rows, not 49,408
+  (3.1 MB less in each of this folder and `tiny-sd1.ckpt`). A learned word added to it gets id 1000.
+- `model_index.json` (safety_checker/feature_extractor are `[null, null]`),
+  `scheduler/scheduler_config.json` (SD1.5 PNDM, epsilon), `unet/config.json`,
   `vae/config.json`, `text_encoder/config.json` (transformers 5 writes `"dtype"`, not `"torch_dtype"`).
 - Weights: `unet/diffusion_pytorch_model.fp16.safetensors`, `vae/diffusion_pytorch_model.fp16.safetensors`,
   `text_encoder/model.fp16.safetensors` (F16; text-encoder keys carry the `text_model.` prefix, the
@@ -1120,8 +1133,8 @@ Same weights as `tiny-sd2/`.
 Computed on CPU in float32 from the folder weights **exactly as stored** (tiny-sd1: the fp16 variant
 files loaded with `variant="fp16", torch_dtype=float32`, i.e. fp16 values upcast to f32). Metadata holds the
 versions. F32 unless noted:
-- `te.input_ids` (I64 [2, 77]). tiny-sd1 row 0: `49406 320 1125 539 320 2368 49407` ("a photo of a cat")
-  padded with 49407; tiny-sd2 row 0: `998 320 125 539 320 368 999` padded with 0 (OpenCLIP pads with 0);
+- `te.input_ids` (I64 [2, 77]). tiny-sd1 row 0: "a photo of a cat" by `tiny-sd1/tokenizer` (starts with 998)
+  padded with 999; tiny-sd2 row 0: `998 320 125 539 320 368 999` padded with 0 (OpenCLIP pads with 0);
   row 1: random ids in [0, vocab) with position 0 = 0 and position 76 = vocab-1.
 - `te.last_hidden_state` [2, 77, 32] (after final_layer_norm); `te.penultimate` [2, 77, 32] =
   `final_layer_norm(hidden_states[-2])` (diffusers clip_skip=1, A1111 "clip skip 2").
@@ -1147,7 +1160,7 @@ versions. F32 unless noted:
   script's diffusers->LDM maps (not from real files) and round-tripped through diffusers' converters.
 
 ## Notes for the Rust loader (found while making these)
-- No tokenizer is shipped; `model_index.json` lists it as `[null, null]`. diffusers'
+- tiny-sd2 ships no tokenizer; its `model_index.json` lists it as `[null, null]`. diffusers'
   `StableDiffusionPipeline.from_pretrained` / `from_single_file` then need `tokenizer=None` passed
   explicitly (tokenizer is not an optional component).
 - diffusers' `from_single_file` loads on the meta device: a key its converter misses stays on `meta`

@@ -5,8 +5,8 @@ Run from the repository root with the reference venv:
     /work/venv23/bin/python scripts/make_img2img_fixtures.py
 
 Runs diffusers' StableDiffusionImg2ImgPipeline on the tiny SD1 model
-(crates/invert-model/tests/fixtures/tiny-sd1, fp16 variant files loaded as float32) with the CLIP
-tokenizer bundled with invert, no safety checker, once per sampler:
+(crates/invert-model/tests/fixtures/tiny-sd1, fp16 variant files loaded as float32) with the folder's
+own tokenizer, no safety checker, once per sampler:
 
     ddim, pndm, euler, euler-a, dpm++2m    Cls.from_config(folder's PNDM config)
     euler-karras, dpm++2m-karras           the same with use_karras_sigmas=True
@@ -65,7 +65,7 @@ from transformers import CLIPTokenizer
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "crates/invert-model/tests/fixtures"
 MODEL = FIXTURES / "tiny-sd1"
-TOKENIZER = ROOT / "crates/invert-model/assets/clip-tokenizer"
+TOKENIZER = MODEL / "tokenizer"  # the model's own 1000-id CLIP BPE (scripts/tiny_clip_bpe.py)
 INIT_PNG = FIXTURES / "pipeline/img2img-init.png"
 OUT = FIXTURES / "pipeline/tiny-sd1-img2img.safetensors"
 SIZE_LIMIT = 60_000
@@ -215,7 +215,7 @@ def main():
         "noise": "invert's NoiseGenerator(seed) in place of randn_tensor: posterior sample, "
         "add_noise noise, then one tensor per Euler ancestral step",
         "noise.first_values": json.dumps([float(np.float32(first.normal())) for _ in range(4)]),
-        "tokenizer": "crates/invert-model/assets/clip-tokenizer via transformers CLIPTokenizer",
+        "tokenizer": "tiny-sd1/tokenizer via transformers CLIPTokenizer",
         "compute": "CPU float32, 1 thread",
         "versions": f"torch {torch.__version__}, diffusers {diffusers.__version__}, "
         f"transformers {transformers.__version__}, numpy {np.__version__}, Pillow {PIL.__version__}",

@@ -6,7 +6,7 @@ Run from the repository root with the reference venv:
 
 Builds diffusers' StableDiffusionPipeline from the tiny SD1 model
 (crates/invert-model/tests/fixtures/tiny-sd1, fp16 variant files loaded as float32, the folder's
-PNDM scheduler) with the CLIP tokenizer bundled with invert (crates/invert-model/assets/clip-tokenizer),
+PNDM scheduler) with the folder's own tokenizer (tiny-sd1/tokenizer, scripts/tiny_clip_bpe.py),
 no safety checker, and runs two cases, 64x64 px, 10 steps, guidance 7.5, with explicit initial latents
 and output_type="np":
 
@@ -44,7 +44,7 @@ from transformers import CLIPTokenizer
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "crates/invert-model/tests/fixtures"
 MODEL = FIXTURES / "tiny-sd1"
-TOKENIZER = ROOT / "crates/invert-model/assets/clip-tokenizer"
+TOKENIZER = MODEL / "tokenizer"  # the model's own 1000-id CLIP BPE (scripts/tiny_clip_bpe.py)
 EMBEDDINGS = [FIXTURES / "embeddings/diffusers_single.safetensors", FIXTURES / "embeddings/diffusers_multi.safetensors"]
 OUT = FIXTURES / "pipeline/tiny-sd1.safetensors"
 SIZE_LIMIT = 200_000
@@ -156,7 +156,7 @@ def main():
         "guidance_scale": str(GUIDANCE),
         "height": str(SIZE),
         "width": str(SIZE),
-        "tokenizer": "crates/invert-model/assets/clip-tokenizer via transformers CLIPTokenizer",
+        "tokenizer": "tiny-sd1/tokenizer via transformers CLIPTokenizer",
         "compute": "CPU float32, 1 thread",
         "versions": f"torch {torch.__version__}, diffusers {diffusers.__version__}, "
         f"transformers {transformers.__version__}, numpy {np.__version__}",

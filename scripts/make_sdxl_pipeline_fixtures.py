@@ -10,7 +10,7 @@ usage (from the repo root):
 Writes, under crates/invert-model/tests/fixtures/ (removing only these entries first):
     tiny-sdxl/                      diffusers folder for StableDiffusionXLPipeline, weights ONLY as
                                     fp16 variant files; tokenizer/ and tokenizer_2/ hold a tiny CLIP BPE
-                                    (vocab.json + merges.txt, 1000 ids: see tiny_tokenizer())
+                                    (vocab.json + merges.txt, 1000 ids: see tiny_clip_bpe.py)
     tiny-sdxl.safetensors           the same fp16 tensors in the original SGM/LDM single-file layout
                                     (conditioner.embedders.0 = CLIP-L names, conditioner.embedders.1 =
                                     OpenCLIP names, model.diffusion_model, first_stage_model), plus an
@@ -64,6 +64,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer  # noqa: E402
 
 from make_fixtures import VERSIONS, check, maxdiff, record  # noqa: E402
+from tiny_clip_bpe import BOS, EOS, VOCAB, write_tokenizer_folder  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "crates/invert-model/tests/fixtures")
@@ -71,7 +72,6 @@ FOLDER = os.path.join(FIX, "tiny-sdxl")
 SINGLE = os.path.join(FIX, "tiny-sdxl.safetensors")
 GOLDEN = os.path.join(FIX, "golden", "tiny-sdxl.safetensors")
 README = os.path.join(FIX, "README.md")
-BUNDLED_TOKENIZER = os.path.join(ROOT, "crates/invert-model/assets/clip-tokenizer/tokenizer.json")
 SDXL_CONFIGS = os.path.join(ROOT, "configs/sdxl-base")
 OWN_SIZE_LIMIT = 2_000_000  # bytes, this script's three entries (1.75 MB)
 BEGIN = "<!-- begin: scripts/make_sdxl_pipeline_fixtures.py (generated, do not edit) -->"
@@ -87,12 +87,7 @@ SEED_ANCESTRAL = 31337
 SEED_EMA = 4242  # the EMA copy's noise (as make_fixtures.py's tiny-sd1.ckpt had)
 EMA_NUM_UPDATES = 470000
 
-# the tiny tokenizer: OpenAI's CLIP id layout, truncated
-N_BYTE_TOKENS = 512  # 0..255 the bytes_to_unicode characters, 256..511 the same + "</w>"
-N_MERGES = 486  # the first 486 merges, ids 512..997 in merge order
-BOS = N_BYTE_TOKENS + N_MERGES  # 998 <|startoftext|>
-EOS = BOS + 1  # 999 <|endoftext|>
-VOCAB = EOS + 1  # 1000
+# the tiny tokenizer (tiny_clip_bpe.py): OpenAI's CLIP id layout truncated to 1000 ids
 WORD_ID = VOCAB  # the learned word's id, added to both tokenizers
 
 # ----------------------------------------------------------------------------------------------
@@ -234,46 +229,12 @@ def write_folder(te1, te2, unet, vae):
 # ----------------------------------------------------------------------------------------------
 # the tiny tokenizer
 # ----------------------------------------------------------------------------------------------
-def tiny_tokenizer():
-    """(vocab, merges) of a truncated CLIP BPE, from invert's bundled tokenizer.json (OpenAI's id layout:
-    0..255 byte characters, 256..511 the same + '</w>', 512.. one token per merge in merge order, then
-    <|startoftext|> 49406, <|endoftext|> 49407). Kept: ids 0..997 unchanged (the 512 byte tokens and the
-    first 486 merges), then <|startoftext|> = 998, <|endoftext|> = 999. Deterministic."""
-    with open(BUNDLED_TOKENIZER, encoding="utf-8") as f:
-        model = json.load(f)["model"]
-    full, merges = model["vocab"], [tuple(m) for m in model["merges"]]
-    check(len(full) == 49408 and full["<|startoftext|>"] == 49406 and full["<|endoftext|>"] == 49407,
-          "bundled tokenizer: OpenAI's 49408-id layout")
-    by_id = {i: t for t, i in full.items()}
-    check(sorted(by_id) == list(range(49408)), "bundled tokenizer: ids 0..49407")
-    check(all(by_id[256 + i] == by_id[i] + "</w>" for i in range(256)), "bundled tokenizer: byte tokens")
-    vocab = {by_id[i]: i for i in range(BOS)}
-    merges = merges[:N_MERGES]
-    for i, (a, b) in enumerate(merges):  # every kept merge joins two earlier tokens into token 512 + i
-        check(vocab.get(a, BOS) < N_BYTE_TOKENS + i and vocab.get(b, BOS) < N_BYTE_TOKENS + i
-              and vocab.get(a + b) == N_BYTE_TOKENS + i, f"merge {i} {a} {b}")
-    vocab["<|startoftext|>"] = BOS
-    vocab["<|endoftext|>"] = EOS
-    check(len(vocab) == VOCAB and sorted(vocab.values()) == list(range(VOCAB)), "tiny vocab ids")
-    return vocab, merges
-
-
 def write_tokenizers():
-    """tokenizer/ and tokenizer_2/ as classic slow-tokenizer folders: vocab.json + merges.txt, and SDXL
-    base 1.0's own tokenizer_config.json / special_tokens_map.json (byte copies from configs/sdxl-base)."""
-    vocab, merges = tiny_tokenizer()
+    """tokenizer/ and tokenizer_2/: the tiny BPE with SDXL base 1.0's own tokenizer_config.json /
+    special_tokens_map.json (byte copies from configs/sdxl-base)."""
     for sub in ("tokenizer", "tokenizer_2"):
-        d = os.path.join(FOLDER, sub)
-        os.makedirs(d)
-        with open(os.path.join(d, "vocab.json"), "w", encoding="utf-8") as f:
-            f.write(json.dumps(vocab, ensure_ascii=False))
-        with open(os.path.join(d, "merges.txt"), "w", encoding="utf-8") as f:
-            f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-        for name in ("tokenizer_config.json", "special_tokens_map.json"):
-            shutil.copyfile(os.path.join(SDXL_CONFIGS, sub, name), os.path.join(d, name))
-        cfg = json.load(open(os.path.join(d, "tokenizer_config.json")))
-        check(cfg["model_max_length"] == 77 and cfg["do_lower_case"] is True
-              and cfg["pad_token"] == ("<|endoftext|>" if sub == "tokenizer" else "!"), f"{sub} config")
+        write_tokenizer_folder(os.path.join(FOLDER, sub), os.path.join(SDXL_CONFIGS, sub),
+                               "<|endoftext|>" if sub == "tokenizer" else "!")
 
 
 class SlowClip:

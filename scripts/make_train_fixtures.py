@@ -11,8 +11,8 @@ Writes
                                                                         see conditional_unet() below)
 
 The model is crates/invert-model/tests/fixtures/tiny-sd1 (fp16 variant files, upcast to float32 as
-scripts/make_fixtures.py loads them), the tokenizer is the bundled
-crates/invert-model/assets/clip-tokenizer (transformers' CLIPTokenizer, tokens added with
+scripts/make_fixtures.py loads them), the tokenizer is the folder's own tiny-sd1/tokenizer (1000 ids,
+scripts/tiny_clip_bpe.py; transformers' CLIPTokenizer, tokens added with
 `add_tokens` like diffusers' textual_inversion.py, a multi-vector word `<m>` as `<m> <m>_1`).
 The new rows are set in the text encoder's resized embedding table, which is the leaf whose
 gradient is taken (diffusers' textual_inversion.py trains the same rows); everything else is frozen.
@@ -32,9 +32,7 @@ Cases (tensor names `{case}.{latents,noise,timesteps,init,input_ids,loss,grad}`;
     eps1   epsilon, `<s>`, 1 vector
     eps2   epsilon, `<m>`, 2 vectors (`<m>` twice in one prompt)
     v1     v_prediction: tiny-sd1 with prediction_type overridden to v_prediction (tiny-sd2 is the
-           v-prediction fixture, but its text encoder has 1000 rows while the bundled tokenizer
-           emits ids up to 49407 and invert numbers new words from 49408: it cannot encode any
-           prompt with the bundled tokenizer, in PyTorch or in invert)
+           v-prediction fixture, but it ships no tokenizer)
     snr1   epsilon, `<s>`, min-SNR gamma 5
 
 CPU, float32, one thread, deterministic algorithms; re-running gives a byte-identical file.
@@ -69,7 +67,8 @@ torch.use_deterministic_algorithms(True)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODEL = ROOT / "crates/invert-model/tests/fixtures/tiny-sd1"
-TOKENIZER = ROOT / "crates/invert-model/assets/clip-tokenizer"
+VOCAB = 1000  # rows of tiny-sd1's token table (its tokenizer's ids)
+TOKENIZER = MODEL / "tokenizer"  # the model's own 1000-id CLIP BPE (scripts/tiny_clip_bpe.py)
 OUT = ROOT / "crates/invert-train/tests/fixtures/gradient/tiny-sd1.safetensors"
 COND = ROOT / "crates/invert-train/tests/fixtures/tiny-sd1-conditional"
 
@@ -110,7 +109,7 @@ def run_case(name, token, n, prompts, timesteps, prediction, gamma, seed, base_c
     names = [token] + [f"{token}_{i}" for i in range(1, n)]
     check(tok.add_tokens(names) == n, f"{name}: tokens added")
     new_ids = tok.convert_tokens_to_ids(names)
-    check(new_ids == list(range(49408, 49408 + n)), f"{name}: new ids {new_ids} follow the vocabulary")
+    check(new_ids == list(range(VOCAB, VOCAB + n)), f"{name}: new ids {new_ids} follow the vocabulary")
 
     te = CLIPTextModel.from_pretrained(str(MODEL), subfolder="text_encoder", variant="fp16", dtype=torch.float32)
     unet = UNet2DConditionModel.from_pretrained(str(MODEL), subfolder="unet", variant="fp16", torch_dtype=torch.float32)
@@ -119,10 +118,10 @@ def run_case(name, token, n, prompts, timesteps, prediction, gamma, seed, base_c
     check(te.dtype == torch.float32 and unet.dtype == torch.float32, "float32")
     te.resize_token_embeddings(len(tok))
     table = te.get_input_embeddings().weight
-    check(table.shape[0] >= 49408 + n, f"table rows {table.shape[0]}")
+    check(table.shape[0] >= VOCAB + n, f"table rows {table.shape[0]}")
 
     g = torch.Generator().manual_seed(seed)
-    std = table[:49408].detach().std(dim=0)
+    std = table[:VOCAB].detach().std(dim=0)
     init = (torch.randn(n, table.shape[1], generator=g) * std).float()
     latents = torch.randn(2, 4, 32, 32, generator=g) * 0.8
     noise = torch.randn(2, 4, 32, 32, generator=g)

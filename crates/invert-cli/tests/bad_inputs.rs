@@ -159,7 +159,7 @@ fn generate_refuses_bad_settings_and_handles_odd_prompts() {
     // An empty prompt is valid: diffusers makes an unconditional image, and so does invert.
     succeeds("empty prompt", &generate(&out, &model, &["--prompt", ""]));
     // Over CLIP's 75 tokens: encoded in 75-token chunks, as A1111 does, nothing dropped.
-    let long = ["cat"; 300].join(" ");
+    let long = ["red"; 300].join(" "); // one token each in tiny-sd1's BPE
     let err = succeeds(
         "300-token prompt",
         &generate(&out, &model, &["--prompt", &long]),
@@ -383,27 +383,31 @@ fn generate_refuses_embeddings_that_cannot_be_used() {
              NEW`\n"
         )
     );
-    // A token that is an existing word.
-    let cat = tmp.s("cat.safetensors");
+    // A token that is an existing word (of tiny-sd1's 1000-id CLIP BPE).
+    let red = tmp.s("red.safetensors");
     succeeds(
-        "convert with --token cat",
+        "convert with --token red",
         &[
             "embedding",
             "convert",
             &single,
-            &cat,
+            &red,
             "--format",
             "diffusers",
             "--token",
-            "cat",
+            "red",
         ],
     );
     let err = fails(
         "token that is an existing word",
-        &generate(&out, &model, &["--prompt", "a cat", "--embedding", &cat]),
+        &generate(
+            &out,
+            &model,
+            &["--prompt", "a red toy", "--embedding", &red],
+        ),
     );
     assert!(
-        err.contains(&format!("error: adding `cat` from {cat}: \"cat\" is already in CLIP's vocabulary (as \"cat</w>\", id 2368); a new concept needs a token the tokenizer does not know, such as <cat> or cat*")),
+        err.contains(&format!("error: adding `red` from {red}: \"red\" is already in CLIP's vocabulary (as \"red</w>\", id 736); a new concept needs a token the tokenizer does not know, such as <red> or red*")),
         "{err}"
     );
     // Wrong width: an SD 1.x embedding (768) on the 32-wide test model.
@@ -581,12 +585,12 @@ fn train_lists_every_bad_image_in_one_message() {
     let out4 = tmp.s("out4");
     let mut args = train(&images, &out4, &model, &["--skip-bad"]);
     let token = args.iter().position(|a| *a == "<bad>").unwrap();
-    args[token] = "cat";
+    args[token] = "red";
     let err = fails("train with an existing word as the token", &args);
     assert!(
         err.contains(
-            "error: --token: \"cat\" is already in CLIP's vocabulary (as \"cat</w>\", id 2368); \
-             a new concept needs a token the tokenizer does not know, such as <cat> or cat*"
+            "error: --token: \"red\" is already in CLIP's vocabulary (as \"red</w>\", id 736); \
+             a new concept needs a token the tokenizer does not know, such as <red> or red*"
         ),
         "{err}"
     );

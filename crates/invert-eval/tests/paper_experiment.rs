@@ -18,7 +18,6 @@ use invert_eval::paper_experiment::{
 use invert_model::embedding::read_embeddings;
 use invert_model::loading::{LoadOptions, load};
 use invert_model::schedulers::SamplerKind;
-use invert_model::tokenizer::ClipTokenizer;
 use invert_model::vocabulary::Vocabulary;
 
 fn fixture(rel: &str) -> PathBuf {
@@ -79,7 +78,7 @@ fn training_images() -> Vec<RgbImage> {
 fn the_experiment_scores_the_images_it_writes_and_resumes() {
     let device = Device::flex();
     let sd = load(&fixture("tiny-sd1"), &LoadOptions::default(), &device).unwrap();
-    let mut vocab = Vocabulary::new(ClipTokenizer::bundled(), sd.config.text_encoder.hidden_size);
+    let mut vocab = Vocabulary::for_model(&sd).unwrap();
     let emb = fixture("embeddings/diffusers_single.safetensors");
     for e in read_embeddings(&emb, None).unwrap() {
         vocab.add_embedding(&e, &emb).unwrap();

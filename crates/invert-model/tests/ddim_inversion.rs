@@ -11,7 +11,6 @@ use common::fixture;
 use invert_model::loading::{LoadOptions, load};
 use invert_model::pipeline::ddim_inversion::{DdimInversionConfig, invert_image, reconstruct};
 use invert_model::pipeline::{GenerateError, decode, load_init_image, preprocess};
-use invert_model::tokenizer::ClipTokenizer;
 use invert_model::vocabulary::Vocabulary;
 use invert_model::weights::TensorReader;
 use invert_model::weights::safetensors_file::SafetensorsFile;
@@ -32,7 +31,7 @@ fn ddim_inversion_matches_diffusers() {
         Tensor::<4>::from_data(TensorData::new(g.read_f32(name).unwrap(), shape), &device)
     };
     let sd = load(&fixture("tiny-sd1"), &LoadOptions::default(), &device).unwrap();
-    let vocab = Vocabulary::new(ClipTokenizer::bundled(), sd.config.text_encoder.hidden_size);
+    let vocab = Vocabulary::for_model(&sd).unwrap();
     let rgb = load_init_image(&fixture(&format!("pipeline/{}", meta("image")))).unwrap();
     let image = preprocess(&rgb, 32, 24, &device);
     let steps: usize = meta("steps").parse().unwrap();

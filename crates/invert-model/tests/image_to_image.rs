@@ -12,12 +12,11 @@ use burn::prelude::*;
 use common::fixture;
 use invert_model::loading::{LoadOptions, StableDiffusion, load};
 use invert_model::pipeline::{
-    GenerateError, ImageToImage, NoiseGenerator, NoiseSource, Request, SeededNoise, decode,
+    GenerateError, Image, ImageToImage, NoiseGenerator, NoiseSource, Request, SeededNoise, decode,
     default_size, get_timesteps, init_sampler, load_init_image, preprocess,
     sample_latents_from_image, validate_image_to_image,
 };
 use invert_model::schedulers::{SamplerConfig, SamplerKind};
-use invert_model::tokenizer::ClipTokenizer;
 use invert_model::vocabulary::Vocabulary;
 use invert_model::weights::TensorReader;
 use invert_model::weights::safetensors_file::SafetensorsFile;
@@ -76,7 +75,7 @@ fn tiny_sd1(device: &Device) -> StableDiffusion {
 }
 
 fn vocabulary(sd: &StableDiffusion) -> Vocabulary {
-    Vocabulary::new(ClipTokenizer::bundled(), sd.config.text_encoder.hidden_size)
+    Vocabulary::for_model(sd).unwrap()
 }
 
 /// The fixture's request and init picture (read and prepared as the CLI does).
@@ -198,7 +197,9 @@ fn image_to_image_matches_diffusers_for_every_sampler() {
 }
 
 /// Image i of a batch uses seed + i for all its draws (posterior sample, add_noise, ancestral
-/// steps), so it equals the same image made alone; other seeds give other images.
+/// steps), so it is the same image made alone (up to the float rounding of a batched matmul: a
+/// pixel may land on the other side of a rounding boundary, at most 1/255); other seeds give
+/// other images.
 #[test]
 fn each_image_of_a_batch_has_its_own_seed() {
     let device = Device::flex();
@@ -217,7 +218,24 @@ fn each_image_of_a_batch_has_its_own_seed() {
     };
     let batch = run(5, 2);
     let alone = run(6, 1);
-    assert_eq!(batch[1], alone[0], "image 1 of seed 5 is seed 6 alone");
+    let differs = |a: &Image, b: &Image| {
+        assert_eq!((a.width, a.height), (b.width, b.height));
+        let diffs: Vec<u8> = a
+            .rgb
+            .iter()
+            .zip(&b.rgb)
+            .map(|(x, y)| x.abs_diff(*y))
+            .collect();
+        (
+            diffs.iter().filter(|d| **d > 0).count(),
+            diffs.into_iter().max().unwrap_or(0),
+        )
+    };
+    let (count, worst) = differs(&batch[1], &alone[0]);
+    assert!(
+        worst <= 1 && count <= 3,
+        "image 1 of seed 5 is not seed 6 alone: {count} values differ, by up to {worst}/255"
+    );
     let changed = batch[0]
         .rgb
         .iter()

@@ -341,21 +341,10 @@ fn old_vae_attention_key_names_load() {
 
 /// Writes the bundled CLIP tokenizer as a classic `vocab.json` + `merges.txt` folder (no
 /// tokenizer.json) that pads with `!`, as SD 2.x model folders have it.
-fn write_sd2_style_tokenizer(dir: &Path) {
-    let json: serde_json::Value =
-        serde_json::from_slice(invert_model::tokenizer::BUNDLED_TOKENIZER_JSON).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("vocab.json"),
-        serde_json::to_string(&json["model"]["vocab"]).unwrap(),
-    )
-    .unwrap();
-    let mut merges = String::from("#version: 0.2\n");
-    for pair in json["model"]["merges"].as_array().unwrap() {
-        let p = pair.as_array().unwrap();
-        merges += &format!("{} {}\n", p[0].as_str().unwrap(), p[1].as_str().unwrap());
-    }
-    std::fs::write(dir.join("merges.txt"), merges).unwrap();
+/// Makes the tokenizer folder `dir` (tiny-sd1's: vocab.json + merges.txt) pad with `!` as SD 2.x
+/// tokenizers do, through special_tokens_map.json alone (no tokenizer_config.json).
+fn pad_with_exclamation_mark(dir: &Path) {
+    std::fs::remove_file(dir.join("tokenizer_config.json")).unwrap();
     std::fs::write(
         dir.join("special_tokens_map.json"),
         r#"{"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "!", "unk_token": "<|endoftext|>"}"#,
@@ -371,7 +360,7 @@ fn single_file_with_config_folder_uses_its_tokenizer() {
     let dir = tmp("config-tokenizer");
     let model = dir.join("model");
     copy_dir(&fixture("tiny-sd1"), &model);
-    write_sd2_style_tokenizer(&model.join("tokenizer"));
+    pad_with_exclamation_mark(&model.join("tokenizer"));
     let folder_options = LoadOptions {
         variant: Some("fp16".into()),
         ..Default::default()
@@ -394,7 +383,8 @@ fn single_file_with_config_folder_uses_its_tokenizer() {
             .convert::<i64>()
             .try_to_vec::<i64>()
             .unwrap();
-        assert_eq!(ids[7..], [0; 70], "padded with `!` (id 0)");
+        // BOS a pho to of a c at EOS in tiny-sd1's 1000-id BPE, then the padding
+        assert_eq!(ids[9..], [0; 68], "padded with `!` (id 0)");
         contexts.push(sd.text_encoder.forward(
             Tensor::from_data(TensorData::new(ids, [1, 77]), &device),
             None,

@@ -17,7 +17,6 @@ use invert_model::loading::{LoadOptions, StableDiffusion, load};
 use invert_model::pipeline::{Request, decode, sample_latents};
 use invert_model::prompt_to_prompt::{EditError, EditMode, EditRequest, edit_latents};
 use invert_model::schedulers::{SamplerConfig, SamplerKind};
-use invert_model::tokenizer::ClipTokenizer;
 use invert_model::vocabulary::Vocabulary;
 use invert_model::weights::TensorReader;
 use invert_model::weights::safetensors_file::SafetensorsFile;
@@ -58,7 +57,7 @@ fn tiny_sd1(device: &Device) -> StableDiffusion {
 }
 
 fn vocabulary(sd: &StableDiffusion, embeddings: &[&str]) -> Vocabulary {
-    let mut vocab = Vocabulary::new(ClipTokenizer::bundled(), sd.config.text_encoder.hidden_size);
+    let mut vocab = Vocabulary::for_model(&sd).unwrap();
     for name in embeddings {
         let path = fixture(&format!("embeddings/{name}"));
         for e in read_embeddings(&path, None).unwrap() {

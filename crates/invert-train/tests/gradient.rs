@@ -78,7 +78,7 @@ fn check_case_with(name: &str, run: Run) {
     assert_eq!(init.len(), trainer.params.len());
     trainer.restore(0, init, OptimizerState::default());
 
-    // The prompts tokenize to the ids transformers gave them (the new word after 49407).
+    // The prompts tokenize to the ids transformers gave them (the new word after tiny-sd1's 999).
     let (ids, _) = trainer.vocab.encode(&prompts, &device).unwrap();
     let ids = ids
         .into_data()

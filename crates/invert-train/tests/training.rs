@@ -64,16 +64,16 @@ fn only_the_new_vectors_move() {
             before.len()
         );
     }
-    // The frozen token table (49408 rows) is part of the text encoder's snapshot above; the new
+    // The frozen token table (1000 rows: tiny-sd1's tokenizer) is part of the text encoder's snapshot above; the new
     // word's rows live in the vocabulary, and they are exactly v*.
     assert_eq!(
         te[0].0,
-        vec![49408, 32],
+        vec![1000, 32],
         "the first text-encoder tensor is the token table"
     );
     assert_eq!(t.vocab.first.tokenizer.vocab_size(), vocab_size);
     assert_eq!(t.vocab.len(), 2, "only the new word's two rows were added");
-    assert_eq!(t.ids, vec![49408, 49409]);
+    assert_eq!(t.ids, vec![1000, 1001]);
     assert_eq!(bits(t.vocab.vectors(t.ids[0], 2)), bits(&t.params));
     for (row, (a, b)) in t.params.chunks(32).zip(init.chunks(32)).enumerate() {
         let moved = a.iter().zip(b).filter(|(x, y)| x != y).count();
@@ -198,8 +198,10 @@ fn as_trained(sd: &mut StableDiffusion) {
 fn training_lowers_a_held_out_loss() {
     const STEPS: usize = 200;
     const HELD_OUT: usize = 32;
-    /// The least relative decrease asserted: measured 60% (seed 23), 43-58% with seeds 1-5.
-    const MARGIN: f32 = 0.25;
+    /// The least relative decrease asserted: measured 24.2% (seed 23), 19.2-23.8% with seeds 1-5
+    /// (with tiny-sd1's 1000-id tokenizer, where "object" is five tokens and the conditional
+    /// U-Net was retrained; 200 steps on tiny-sd1's own random U-Net move it by under 0.02%).
+    const MARGIN: f32 = 0.12;
     let tmp = TempDir::new("learn");
     let model = conditional_model(tmp.path());
     // The "red toy" image of the U-Net's training set.
