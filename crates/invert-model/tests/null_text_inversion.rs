@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use common::fixture;
@@ -31,8 +31,8 @@ fn repo() -> PathBuf {
 
 /// `model` (frozen), its vocabulary, `picture` at `size` px and its DDIM inversion (guidance 1).
 fn setup(
-    model: &PathBuf,
-    picture: &PathBuf,
+    model: &Path,
+    picture: &Path,
     prompt: &str,
     size: usize,
     steps: usize,

@@ -290,11 +290,4 @@ mod tests {
             assert!((f64::from(*g) - w).abs() < 1e-5, "{got:?} vs {want:?}");
         }
     }
-
-    #[test]
-    fn refuses_no_guidance_before_anything_runs() {
-        assert_eq!(NullTextConfig::new().guidance, 7.5);
-        let e = NullTextError::Guidance(1.0).to_string();
-        assert!(e.contains("--cfg above 1"), "{e}");
-    }
 }
