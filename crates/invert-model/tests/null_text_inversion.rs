@@ -11,6 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
+use burn::tensor::DType;
 use common::fixture;
 use invert_model::loading::{LoadOptions, StableDiffusion, load};
 use invert_model::pipeline::null_text_inversion::freeze;
@@ -29,8 +30,10 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// `model` (frozen), its vocabulary, `picture` at `size` px and its DDIM inversion (guidance 1).
+/// `model` (frozen, computing in `dtype`), its vocabulary, `picture` at `size` px and its DDIM
+/// inversion (guidance 1).
 fn setup(
+    dtype: DType,
     model: &Path,
     picture: &Path,
     prompt: &str,
@@ -38,7 +41,11 @@ fn setup(
     steps: usize,
     device: &Device,
 ) -> (StableDiffusion, Vocabulary, Tensor<4>, InvertedImage) {
-    let sd = freeze(load(model, &LoadOptions::default(), device).unwrap());
+    let options = LoadOptions {
+        dtype,
+        ..Default::default()
+    };
+    let sd = freeze(load(model, &options, device).unwrap());
     // The model folder's tokenizer when it has one, else the bundled CLIP vocabulary.
     let vocab = Vocabulary::for_model(&sd).unwrap();
     let rgb = load_init_image(picture).unwrap();
@@ -50,7 +57,15 @@ fn setup(
 
 fn tiny(device: &Device) -> (StableDiffusion, Vocabulary, Tensor<4>, InvertedImage) {
     let picture = fixture("pipeline/img2img-init.png");
-    setup(&fixture("tiny-sd1"), &picture, PROMPT, 32, STEPS, device)
+    setup(
+        DType::F32,
+        &fixture("tiny-sd1"),
+        &picture,
+        PROMPT,
+        32,
+        STEPS,
+        device,
+    )
 }
 
 /// The regenerations from DDIM inversion at guidance 1 and 7.5 and null-text inversion's at 7.5.
@@ -106,24 +121,54 @@ fn reconstructions(
     )
 }
 
+/// The bundled model and a picture of its world with the picture's caption.
+fn world(
+    dtype: DType,
+    steps: usize,
+    device: &Device,
+) -> (StableDiffusion, Vocabulary, Tensor<4>, InvertedImage) {
+    let dataset = repo().join("datasets/hatched-style");
+    let prompt = std::fs::read_to_string(dataset.join("01.txt")).unwrap();
+    setup(
+        dtype,
+        &repo().join("models/world"),
+        &dataset.join("01.png"),
+        prompt.trim(),
+        32,
+        steps,
+        device,
+    )
+}
+
 #[test]
 fn null_text_inversion_reconstructs_a_picture_better_than_ddim_inversion_at_cfg_7_5() {
     // The bundled model knows its world's pictures; 20 steps keep the test short (the paper's
     // 50 give 0.0029 against DDIM's 0.0087 for another of them).
     let device = Device::flex().autodiff();
-    let dataset = repo().join("datasets/hatched-style");
-    let prompt = std::fs::read_to_string(dataset.join("01.txt")).unwrap();
-    let (sd, vocab, image, inverted) = setup(
-        &repo().join("models/world"),
-        &dataset.join("01.png"),
-        prompt.trim(),
-        32,
-        20,
-        &device,
-    );
+    let (sd, vocab, image, inverted) = world(DType::F32, 20, &device);
     let (rec, _) = reconstructions(&sd, &vocab, &image, &inverted);
     assert!(rec.at_1.psnr > 20.0, "guidance 1: {} dB", rec.at_1.psnr);
     assert!(rec.at_1.mse < rec.at_7_5.mse, "guidance 1 retraces best");
+    assert!(
+        rec.null_text.mse < rec.at_7_5.mse,
+        "null-text {} vs DDIM inversion at cfg 7.5 {}",
+        rec.null_text.mse,
+        rec.at_7_5.mse
+    );
+}
+
+/// In f16 the embedding and Adam stay in f32 and the backward pass is loss-scaled: without
+/// that the loss was NaN from the first step.
+#[test]
+fn null_text_inversion_works_for_an_f16_model() {
+    let device = Device::flex().autodiff();
+    let (sd, vocab, image, inverted) = world(DType::F16, 10, &device);
+    let (rec, null) = reconstructions(&sd, &vocab, &image, &inverted);
+    assert!(
+        null.losses.iter().all(|l| l.is_finite()),
+        "{:?}",
+        null.losses
+    );
     assert!(
         rec.null_text.mse < rec.at_7_5.mse,
         "null-text {} vs DDIM inversion at cfg 7.5 {}",

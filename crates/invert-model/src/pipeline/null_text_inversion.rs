@@ -19,6 +19,7 @@
 
 use burn::module::Module;
 use burn::prelude::*;
+use burn::tensor::DType;
 
 use super::ddim_inversion::{InvertedImage, ddim_request};
 use super::denoise::{Guidance, denoise_with, guided_prediction, init_sampler};
@@ -87,6 +88,11 @@ pub fn freeze(sd: StableDiffusion) -> StableDiffusion {
         ..sd
     }
 }
+
+/// The first loss scale tried for an f16 model's backward pass: as in the trainer
+/// (invert-train's `Trainer::gradient_of`), gradients this small flush to zero in f16 unless the
+/// loss is scaled up; a scale that overflows is divided by 16 until the gradient is finite.
+const F16_LOSS_SCALE: f64 = 65536.0;
 
 /// The notebook's learning rate for DDIM step `i`: `1e-2 * (1 - i / 100)`.
 pub fn learning_rate(i: usize) -> f64 {
@@ -198,7 +204,10 @@ pub fn null_text_inversion(
         losses: Vec::with_capacity(steps),
         updates: Vec::with_capacity(steps),
     };
-    let mut null = uncond.detach();
+    // The embedding and Adam's moments stay in f32 whatever the model's precision (in f16,
+    // Adam's eps is 0 and `m / sqrt(v)` is NaN where a gradient is 0); the U-Net gets a cast.
+    let model_dtype = cond.dtype();
+    let mut null = uncond.cast(DType::F32).detach();
     let latents = denoise_with(
         sd,
         &mut sampler,
@@ -212,20 +221,32 @@ pub fn null_text_inversion(
             let mut adam = Adam::new(learning_rate(i));
             let threshold = early_stop_threshold(config.early_stop_epsilon, i);
             let (mut loss_value, mut updates) = (f32::NAN, 0);
-            for _ in 0..config.inner_steps {
+            let mut loss_scale = if model_dtype == DType::F16 {
+                F16_LOSS_SCALE
+            } else {
+                1.0
+            };
+            while updates < config.inner_steps {
                 let leaf = null.clone().require_grad();
+                let context = leaf.clone().cast(model_dtype);
                 let eps_uncond =
-                    guided_prediction(sd, &single(leaf.clone(), 1.0), latent_cur.clone(), t);
+                    guided_prediction(sd, &single(context, 1.0), latent_cur.clone(), t);
                 let eps = eps_uncond.clone()
                     + (eps_cond.clone() - eps_uncond).mul_scalar(config.guidance);
                 let prev = loss_step.step(eps, i, latent_cur.clone(), None);
                 let diff = prev - target.clone();
                 let loss = (diff.clone() * diff).mean();
                 loss_value = loss.clone().into_scalar::<f32>();
-                let grads = loss.backward();
+                let grads = loss.mul_scalar(loss_scale).backward();
                 let grad = leaf
                     .grad(&grads)
-                    .expect("the null-text embedding takes part in the loss");
+                    .expect("the null-text embedding takes part in the loss")
+                    .cast(DType::F32)
+                    .div_scalar(loss_scale);
+                if loss_scale > 1.0 && !finite(&grad) {
+                    loss_scale /= 16.0;
+                    continue;
+                }
                 null = Tensor::from_inner(adam.step(null.clone().inner(), grad));
                 updates += 1;
                 // The notebook checks the loss of the update just taken, after taking it.
@@ -233,19 +254,21 @@ pub fn null_text_inversion(
                     break;
                 }
             }
-            out.null_embeddings.push(null.clone());
+            out.null_embeddings.push(null.clone().cast(model_dtype));
             out.losses.push(loss_value);
             out.updates.push(updates);
             progress(i + 1, steps);
-            single(
-                Tensor::cat(vec![null.clone(), cond.clone()], 0),
-                config.guidance,
-            )
+            let context = Tensor::cat(vec![null.clone().cast(model_dtype), cond.clone()], 0);
+            single(context, config.guidance)
         },
         |_, _| {},
     );
     out.latents = latents;
     Ok(out)
+}
+
+fn finite(t: &Tensor<3>) -> bool {
+    f64::from(t.clone().abs().max().into_scalar::<f32>()).is_finite()
 }
 
 #[cfg(test)]
