@@ -322,11 +322,14 @@ pub fn run(args: EditArgs) -> Result<()> {
     let nulls = inverted.as_ref().and_then(|i| i.null_embeddings.as_deref());
 
     let bar = ProgressBar::new(args.steps as u64).with_style(
-        ProgressStyle::with_template("seed {msg} [{bar:30}] {pos}/{len} steps {per_sec} eta {eta}")
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps {per_sec} eta {eta}")
             .expect("valid template")
             .progress_chars("=> "),
     );
-    bar.set_message(seed.to_string());
+    bar.set_message(match &picture {
+        Some(_) => "editing".to_owned(),
+        None => format!("seed {seed}"),
+    });
     let out = edit_latents_with_nulls(&sd, &vocab, &request, nulls, &device, |step, total| {
         bar.set_length(total as u64);
         bar.set_position(step as u64);
