@@ -262,3 +262,37 @@ fn null_text_inversion_needs_guidance_and_gradients() {
     let err = null_text_inversion(&sd, &vocab, &inverted, "", &config, |_, _| {}).unwrap_err();
     assert!(matches!(err, NullTextError::Guidance(_)), "{err}");
 }
+
+/// The loop's edges: with no inner steps the embeddings stay the empty prompt's, so null-text
+/// regeneration is DDIM inversion's regeneration at the same guidance; a loss threshold above
+/// any loss stops every step after its first update (the notebook checks after updating).
+#[test]
+fn null_text_inversion_without_updates_is_plain_ddim_and_early_stop_stops() {
+    let device = Device::flex().autodiff();
+    let (sd, vocab, _, inverted) = tiny(&device);
+    let config = NullTextConfig::new().with_inner_steps(0);
+    let none = null_text_inversion(&sd, &vocab, &inverted, "", &config, |_, _| {}).unwrap();
+    assert_eq!(none.updates, vec![0; STEPS]);
+    let r = Request {
+        guidance: 7.5,
+        ..inverted.regeneration_request()
+    };
+    let ddim = sample_latents(&sd, &vocab, &r, 1, &device, |_, _| {}).unwrap();
+    let d = (none.latents.clone() - ddim)
+        .abs()
+        .max()
+        .into_scalar::<f32>();
+    assert!(d < 1e-4, "no updates vs DDIM at cfg 7.5: {d}");
+
+    let config = NullTextConfig::new().with_early_stop_epsilon(1e3);
+    let mut steps_seen = Vec::new();
+    let once = null_text_inversion(&sd, &vocab, &inverted, "", &config, |step, total| {
+        steps_seen.push((step, total))
+    })
+    .unwrap();
+    assert_eq!(once.updates, vec![1; STEPS]);
+    assert_eq!(
+        steps_seen,
+        (1..=STEPS).map(|s| (s, STEPS)).collect::<Vec<_>>()
+    );
+}
