@@ -263,3 +263,169 @@ fn edit_refuses_bad_settings_with_a_message() {
     );
     assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
 }
+
+/// The picture the real-picture edits start from (32x24, resized to the 64x64 of `edit_args`).
+fn picture() -> String {
+    s(&fixtures().join("pipeline/img2img-init.png"))
+}
+
+/// The `MSE x, PSNR y dB` that `invert edit --image` prints.
+fn reported_mse(o: &Output) -> f64 {
+    let out = text(o);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("reconstruction of "))
+        .unwrap_or_else(|| panic!("no reconstruction line: {out}"));
+    assert!(line.contains("PSNR") && line.ends_with(" dB"), "{line}");
+    line.split("MSE ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MSE in `{line}`"))
+}
+
+/// `invert edit --image picture()` on tiny SD1 with the source "a photo of a cat".
+fn edit_picture(out: &Path, extra: &[&str]) -> Output {
+    let mut a = vec![
+        "--image".to_owned(),
+        picture(),
+        "--prompt".into(),
+        "a photo of a cat".into(),
+        "--edit".into(),
+        "a photo of a tiger".into(),
+    ];
+    a.extend(extra.iter().map(|e| e.to_string()));
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    invert(&edit_args(out, &a))
+}
+
+#[test]
+fn edit_image_inverts_a_picture_edits_it_and_reports_the_reconstruction() {
+    let tmp = Tmp::new("image");
+    // Plain DDIM inversion; another sampler is replaced by DDIM, and says so.
+    let out = tmp.0.join("ddim");
+    let run = edit_picture(&out, &["--sampler", "euler"]);
+    assert!(run.status.success(), "{}", text(&run));
+    assert!(
+        text(&run).contains("sampling with ddim instead of --sampler euler"),
+        "{}",
+        text(&run)
+    );
+    let mse = reported_mse(&run);
+    assert!(mse.is_finite() && mse > 0.0, "{mse}");
+    assert!(text(&run).contains("DDIM inversion (guidance 1)"));
+    for name in [
+        "00000-7-source.png",
+        "00000-7-edit1.png",
+        "00000-7-strip.png",
+    ] {
+        let path = out.join(name);
+        assert!(path.is_file(), "{name} missing: {}", text(&run));
+        assert!(has_text(&path, "inversion"), "{name}: inversion chunk");
+        assert!(
+            has_text(&path, "Reconstruction at CFG 7.5: MSE"),
+            "{name}: reconstruction error"
+        );
+        assert!(has_text(&path, "Image: img2img-init.png"), "{name}");
+        assert!(has_text(&path, "Sampler: DDIM"), "{name}: sampler");
+    }
+    let source = image(&out.join("00000-7-source.png"));
+    assert_eq!(source.dimensions(), (64, 64));
+    let edited = image(&out.join("00000-7-edit1.png"));
+    assert!(max_diff(&source, &edited) > 0, "the edit changed nothing");
+
+    // Null-text inversion runs end to end and says so in the picture.
+    let out = tmp.0.join("null");
+    let run = edit_picture(&out, &["--null-text", "--null-text-inner-steps", "2"]);
+    assert!(run.status.success(), "{}", text(&run));
+    assert!(
+        text(&run).contains("null-text inversion ("),
+        "{}",
+        text(&run)
+    );
+    assert!(reported_mse(&run).is_finite());
+    let path = out.join("00000-7-source.png");
+    assert!(has_text(&path, "2 inner steps"), "null-text settings");
+}
+
+/// The paper's finding end to end on the bundled trained model (tiny SD1's random VAE makes
+/// pixel errors meaningless): at --cfg 7.5 null-text inversion reconstructs the picture better
+/// than DDIM inversion.
+#[test]
+fn edit_image_null_text_reconstructs_better_than_ddim_inversion() {
+    let tmp = Tmp::new("world");
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dataset = repo.join("datasets/hatched-style");
+    let caption = std::fs::read_to_string(dataset.join("01.txt")).unwrap();
+    let caption = caption.trim();
+    assert!(caption.contains("triangle"), "{caption}");
+    let run = |out: &Path, extra: &[&str]| {
+        let mut a = args(&[
+            "edit",
+            "--model",
+            &s(&repo.join("models/world")),
+            "--image",
+            &s(&dataset.join("01.png")),
+            "--prompt",
+            caption,
+            "--edit",
+            &caption.replace("triangle", "square"),
+            "--steps",
+            "20",
+            "--out",
+            &s(out),
+        ]);
+        a.extend(args(extra));
+        invert(&a)
+    };
+    let ddim = run(&tmp.0.join("ddim"), &[]);
+    assert!(ddim.status.success(), "{}", text(&ddim));
+    let null = run(&tmp.0.join("null"), &["--null-text"]);
+    assert!(null.status.success(), "{}", text(&null));
+    let (ddim_mse, null_mse) = (reported_mse(&ddim), reported_mse(&null));
+    println!("reconstruction MSE: DDIM inversion {ddim_mse}, null-text {null_mse}");
+    assert!(
+        null_mse < ddim_mse,
+        "null-text MSE {null_mse} vs DDIM inversion {ddim_mse}"
+    );
+    // The picture's size (32x32) unless told otherwise; seed 0 names the files.
+    let source = image(&tmp.0.join("null/00000-0-source.png"));
+    assert_eq!(source.dimensions(), (32, 32));
+}
+
+#[test]
+fn edit_image_refuses_bad_pictures_and_settings_with_a_message() {
+    let tmp = Tmp::new("bad-image");
+    let out = tmp.0.join("edits");
+    let prompts = ["--prompt", "a cat", "--edit", "a dog"];
+    let with = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = prompts.iter().map(|p| p.to_string()).collect();
+        a.extend(extra.iter().map(|e| e.to_string()));
+        a
+    };
+    let fails = |extra: &[&str], needle: &str| {
+        let a = with(extra);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        fails_with(&out, &a, needle);
+    };
+    let missing = s(&tmp.0.join("nope.png"));
+    fails(&["--image", &missing], "no such file");
+    let corrupt = tmp.0.join("corrupt.png");
+    std::fs::write(&corrupt, b"not a picture at all").unwrap();
+    fails(&["--image", &s(&corrupt)], "not a picture invert can read");
+    fails(
+        &["--image", &picture(), "--null-text", "--cfg", "1"],
+        "needs --cfg above 1",
+    );
+    fails(
+        &["--image", &picture(), "--sampler", "nope"],
+        "unknown sampler",
+    );
+    // --null-text without a picture is a usage error (clap's exit status 2).
+    let a = with(&["--null-text"]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let run = invert(&edit_args(&out, &a));
+    assert_eq!(run.status.code(), Some(2), "{}", text(&run));
+    assert!(text(&run).contains("--image"), "{}", text(&run));
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
+}

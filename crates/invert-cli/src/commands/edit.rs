@@ -3,6 +3,7 @@
 //! `invert_model::prompt_to_prompt`). Writes each image as a PNG with A1111-style `parameters`
 //! (and the edit settings in a `prompt-to-prompt` text chunk), a side-by-side strip, and with
 //! `--attention-maps` the averaged cross-attention map of every token (the paper's Figure 4).
+//! With `--image` the source is a real picture, inverted first (`edit_image.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -15,13 +16,14 @@ use invert_model::pipeline::{
 };
 use invert_model::prompt_to_prompt::local_blend::DEFAULT_THRESHOLD;
 use invert_model::prompt_to_prompt::{
-    EditMode, EditOutput, EditRequest, edit_latents, token_images,
+    EditMode, EditOutput, EditRequest, edit_latents_with_nulls, token_images,
 };
 use invert_model::schedulers::{SamplerConfig, SamplerKind};
 use invert_model::vocabulary::Vocabulary;
 use invert_model::weights::safetensors_write::write_atomic;
 
-use super::generate::{model_identity, next_index, write_png};
+use super::edit_image::{self, PictureArgs};
+use super::generate::{model_identity, next_index, picture_size, write_png};
 use super::model::ModelArgs;
 use super::words::{add_embedding_files, word_hashes};
 
@@ -89,6 +91,8 @@ pub struct EditArgs {
     /// Output folder.
     #[arg(long, default_value = "out/edits")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub picture: PictureArgs,
 }
 
 /// `word:weight` pairs.
@@ -150,19 +154,24 @@ fn settings(r: &EditRequest) -> String {
     s
 }
 
-/// An image with A1111's `parameters` and the edit's settings.
+/// An image with A1111's `parameters`, the edit's settings and, for a real picture, the
+/// inversion's reconstruction error.
 fn write_edit_png(
     dir: &Path,
     name: &str,
     image: &Image,
     params: &Parameters,
     edit: &str,
+    inversion: Option<&str>,
 ) -> Result<PathBuf> {
     let path = dir.join(name);
-    let text = [
+    let mut text = vec![
         ("parameters", params.to_a1111()),
         ("prompt-to-prompt", edit.to_owned()),
     ];
+    if let Some(inversion) = inversion {
+        text.push(("inversion", inversion.to_owned()));
+    }
     let bytes = encode_png(image, &text).context("encoding PNG")?;
     write_atomic(&path, &bytes, false).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
@@ -250,13 +259,18 @@ pub fn run(args: EditArgs) -> Result<()> {
         (None, true) => Some(EditMode::Replace),
         (None, false) => None,
     };
+    // A real picture is read before the (slow) model load, so a bad file fails fast.
+    let picture = args.picture.load(args.cfg)?;
     let (device, options) = args.model.device_and_options()?;
+    let device = edit_image::device_for(picture.as_ref(), device);
     let model_path = args.model.path();
     let sd: StableDiffusion = load(&model_path, &options, &device)
         .with_context(|| format!("could not load the model at {}", model_path.display()))?;
+    let sd = edit_image::model_for(picture.as_ref(), sd);
     let (vocab, ti_hashes) = load_vocabulary(&sd, &args.embeddings)?;
 
     let kind = match &args.sampler {
+        _ if picture.is_some() => edit_image::sampler_kind(args.sampler.as_deref())?,
         Some(name) => name.parse::<SamplerKind>().map_err(|e| anyhow!(e))?,
         None => sd
             .config
@@ -266,15 +280,19 @@ pub fn run(args: EditArgs) -> Result<()> {
             .and_then(SamplerKind::from_class_name)
             .unwrap_or(SamplerKind::Pndm),
     };
-    let native = sd.config.vae.downscale_factor() * sd.config.unet_sample_size();
-    let (width, height) = (args.width.unwrap_or(native), args.height.unwrap_or(native));
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64 % 4_294_967_296)
-            .unwrap_or(0)
-    });
-    let request = EditRequest {
+    let rgb = picture.as_ref().map(|p| &p.rgb);
+    let (width, height) = picture_size(&sd, rgb, args.width, args.height);
+    // A picture's edit draws no noise (DDIM, eta 0): the seed only names the files.
+    let seed = args
+        .seed
+        .or(picture.as_ref().map(|_| 0))
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64 % 4_294_967_296)
+                .unwrap_or(0)
+        });
+    let mut request = EditRequest {
         base: Request {
             prompt: args.prompt.clone(),
             negative: args.negative.clone(),
@@ -297,19 +315,34 @@ pub fn run(args: EditArgs) -> Result<()> {
         self_replace: args.self_replace,
     };
 
+    let inverted = picture
+        .as_ref()
+        .map(|p| edit_image::invert(&sd, &vocab, p, &mut request, &device))
+        .transpose()?;
+    let nulls = inverted.as_ref().and_then(|i| i.null_embeddings.as_deref());
+
     let bar = ProgressBar::new(args.steps as u64).with_style(
-        ProgressStyle::with_template("seed {msg} [{bar:30}] {pos}/{len} steps {per_sec} eta {eta}")
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps {per_sec} eta {eta}")
             .expect("valid template")
             .progress_chars("=> "),
     );
-    bar.set_message(seed.to_string());
-    let out = edit_latents(&sd, &vocab, &request, &device, |step, total| {
+    bar.set_message(match &picture {
+        Some(_) => "editing".to_owned(),
+        None => format!("seed {seed}"),
+    });
+    let out = edit_latents_with_nulls(&sd, &vocab, &request, nulls, &device, |step, total| {
         bar.set_length(total as u64);
         bar.set_position(step as u64);
     })
     .context("Prompt-to-Prompt editing")?;
     bar.finish_and_clear();
     let images = decode(&sd, out.latents.clone(), seed);
+    // The source image is the picture's reconstruction: how close it comes is the inversion's
+    // error.
+    let inversion = inverted.as_ref().map(|inv| {
+        let source = out.latents.clone().narrow(0, 0, 1);
+        edit_image::report(&sd, inv, source, args.cfg)
+    });
 
     let (model_name, model_hash) = model_identity(&sd)?;
     let prompts = request.prompts();
@@ -343,7 +376,14 @@ pub fn run(args: EditArgs) -> Result<()> {
         } else {
             format!("{stem}-edit{k}.png")
         };
-        let path = write_edit_png(&args.out, &name, image, &params[k], &edit)?;
+        let path = write_edit_png(
+            &args.out,
+            &name,
+            image,
+            &params[k],
+            &edit,
+            inversion.as_deref(),
+        )?;
         println!("{}", path.display());
     }
     let strip = grid(&images, images.len());
@@ -353,6 +393,7 @@ pub fn run(args: EditArgs) -> Result<()> {
         &strip,
         &params[0],
         &edit,
+        inversion.as_deref(),
     )?;
     println!("{}", path.display());
     if args.attention_maps {

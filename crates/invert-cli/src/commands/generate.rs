@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use clap::Args;
+use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use invert_model::loading::{StableDiffusion, load};
 use invert_model::pipeline::prompt_encoding::Emphasis;
@@ -100,6 +101,36 @@ pub struct GenerateArgs {
     /// Do not write a grid image when several images are made.
     #[arg(long)]
     pub no_grid: bool,
+}
+
+/// The size to make: `--width`/`--height`, else the picture's (diffusers' img2img pipelines
+/// make the picture's size unless told otherwise), else the model's native size.
+pub(crate) fn picture_size(
+    sd: &StableDiffusion,
+    picture: Option<&RgbImage>,
+    width: Option<usize>,
+    height: Option<usize>,
+) -> (usize, usize) {
+    let native = sd.config.vae.downscale_factor() * sd.config.unet_sample_size();
+    let (default_w, default_h) = picture.map_or((native, native), default_size);
+    (width.unwrap_or(default_w), height.unwrap_or(default_h))
+}
+
+/// A loaded picture resized to `width x height` as the model's `[1, 3, h, w]` input in
+/// `[-1, 1]` (`VaeImageProcessor.preprocess`).
+pub(crate) fn picture_tensor(
+    rgb: &RgbImage,
+    width: usize,
+    height: usize,
+    device: &Device,
+) -> Tensor<4> {
+    // A size `validate` refuses (0) is reported by it, not by the resize.
+    let (w, h) = if width > 0 && height > 0 {
+        (width, height)
+    } else {
+        default_size(rgb)
+    };
+    preprocess(rgb, w, h, device)
 }
 
 /// `--strength` when not given: diffusers' `StableDiffusionImg2ImgPipeline` default.
@@ -253,24 +284,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let sampler = SamplerConfig::new(kind)
         .with_karras(args.karras)
         .with_eta(args.eta);
-    let native = sd.config.vae.downscale_factor() * sd.config.unet_sample_size();
-    // img2img makes the picture's size unless told otherwise (diffusers' img2img pipelines).
-    let (default_w, default_h) = picture.as_ref().map_or((native, native), default_size);
-    let (width, height) = (
-        args.width.unwrap_or(default_w),
-        args.height.unwrap_or(default_h),
-    );
-    let init_image = picture.map(|rgb| {
-        // A size `validate` refuses (0) is reported by it, not by the resize.
-        let (w, h) = if width > 0 && height > 0 {
-            (width, height)
-        } else {
-            default_size(&rgb)
-        };
-        ImageToImage {
-            image: preprocess(&rgb, w, h, &device),
-            strength,
-        }
+    let (width, height) = picture_size(&sd, picture.as_ref(), args.width, args.height);
+    let init_image = picture.map(|rgb| ImageToImage {
+        image: picture_tensor(&rgb, width, height, &device),
+        strength,
     });
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()

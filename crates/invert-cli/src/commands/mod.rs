@@ -1,5 +1,6 @@
 pub mod device;
 pub mod edit;
+pub mod edit_image;
 pub mod embedding;
 pub mod eval;
 pub mod eval_clip;

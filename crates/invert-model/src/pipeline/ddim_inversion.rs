@@ -71,7 +71,7 @@ impl InvertedImage {
 }
 
 /// DDIM (eta 0) at `config`'s steps and guidance for `prompt` and a `(width, height)` picture.
-fn ddim_request(
+pub(crate) fn ddim_request(
     prompt: &str,
     config: &DdimInversionConfig,
     (width, height): (usize, usize),
@@ -155,7 +155,7 @@ pub struct Reconstruction {
 
 /// Regenerates `image` from `inverted` with DDIM ([`InvertedImage::regeneration_request`]) and
 /// measures the error against `image` (the picture that was inverted, `[1, 3, h, w]` in
-/// `[-1, 1]`): decoded as diffusers does, `(x / 2 + 0.5).clamp(0, 1)`, not rounded.
+/// `[-1, 1]`; see [`measure`]).
 pub fn reconstruct(
     sd: &StableDiffusion,
     vocab: &Vocabulary,
@@ -171,6 +171,14 @@ pub fn reconstruct(
         device,
         |_, _| {},
     )?;
+    Ok(measure(sd, image, latents))
+}
+
+/// How far `latents` (a regeneration, unscaled like `sample_latents`' output, `[1, c, h, w]`)
+/// decode from `image` (`[1, 3, h, w]` in `[-1, 1]`): decoded as diffusers does,
+/// `(x / 2 + 0.5).clamp(0, 1)`, not rounded, so the error is the model's, not the 8-bit
+/// rounding's. Used for DDIM and null-text reconstructions and the edit's source image alike.
+pub fn measure(sd: &StableDiffusion, image: &Tensor<4>, latents: Tensor<4>) -> Reconstruction {
     let to_unit = |x: Tensor<4>| x.cast(DType::F32).div_scalar(2.0).add_scalar(0.5);
     let decoded = to_unit(
         sd.vae
@@ -179,11 +187,11 @@ pub fn reconstruct(
     .clamp(0.0, 1.0);
     let diff = decoded - to_unit(image.clone());
     let mse = f64::from((diff.clone() * diff).mean().into_scalar::<f32>());
-    Ok(Reconstruction {
+    Reconstruction {
         latents,
         mse,
         psnr: psnr(mse),
-    })
+    }
 }
 
 /// Peak signal-to-noise ratio in dB for values in `[0, 1]` (infinite for a perfect match).

@@ -141,9 +141,33 @@ pub fn denoise(
     sd: &StableDiffusion,
     guidance: &Guidance,
     sampler: &mut Sampler,
+    latents: Tensor<4>,
+    begin_index: usize,
+    noise: &mut impl NoiseSource,
+    progress: impl FnMut(usize, usize),
+) -> Tensor<4> {
+    denoise_with(
+        sd,
+        sampler,
+        latents,
+        begin_index,
+        noise,
+        |_, _, _| guidance.clone(),
+        progress,
+    )
+}
+
+/// [`denoise`] with the conditioning chosen at each step: `guidance_at(i, t, &latents)` gives
+/// step `i`'s (at timestep `t`, from `latents` before `scale_model_input`). Null-text inversion
+/// optimises the unconditional embedding of each step there before the step is taken
+/// (`null_text_inversion.rs`).
+pub fn denoise_with(
+    sd: &StableDiffusion,
+    sampler: &mut Sampler,
     mut latents: Tensor<4>,
     begin_index: usize,
     noise: &mut impl NoiseSource,
+    mut guidance_at: impl FnMut(usize, f64, &Tensor<4>) -> Guidance,
     mut progress: impl FnMut(usize, usize),
 ) -> Tensor<4> {
     let device = latents.device();
@@ -151,8 +175,9 @@ pub fn denoise(
     let timesteps: Vec<f64> = sampler.timesteps().to_vec();
     let total = timesteps.len() - begin_index;
     for (i, &t) in timesteps.iter().enumerate().skip(begin_index) {
+        let guidance = guidance_at(i, t, &latents);
         let input = sampler.scale_model_input(latents.clone(), i);
-        let out = guided_prediction(sd, guidance, input, t);
+        let out = guided_prediction(sd, &guidance, input, t);
         let step_noise = sampler.needs_noise().then(|| noise.draw(shape, &device));
         latents = sampler.step(out, i, latents, step_noise);
         progress(i + 1 - begin_index, total);

@@ -18,7 +18,7 @@ pub mod seq_aligner;
 pub use attention_store::{AttentionStore, token_images};
 pub use controllers::{CrossEdit, EditController};
 pub use local_blend::LocalBlend;
-pub use pipeline::{EditMode, EditOutput, EditRequest, edit_latents};
+pub use pipeline::{EditMode, EditOutput, EditRequest, edit_latents, edit_latents_with_nulls};
 pub use seq_aligner::PromptTokens;
 
 use crate::pipeline::GenerateError;
@@ -62,6 +62,15 @@ pub enum EditError {
     NothingToDo,
     #[error("{name} must be a fraction in [0, 1] (got {value})")]
     Fraction { name: &'static str, value: f64 },
+    #[error(
+        "null-text inversion gave {found} unconditional embeddings for {steps} steps at guidance \
+         {guidance}; editing with them needs one per step and guidance above 1"
+    )]
+    NullEmbeddings {
+        found: usize,
+        steps: usize,
+        guidance: f64,
+    },
     #[error("Prompt-to-Prompt supports SD 1.x/2.x models (one text encoder); this is SDXL")]
     Sdxl,
     #[error(transparent)]

@@ -187,12 +187,37 @@ pub fn edit_latents(
     vocab: &Vocabulary,
     r: &EditRequest,
     device: &Device,
+    progress: impl FnMut(usize, usize),
+) -> Result<EditOutput, EditError> {
+    edit_latents_with_nulls(sd, vocab, r, None, device, progress)
+}
+
+/// [`edit_latents`], optionally with null-text inversion's unconditional embeddings
+/// (`crate::pipeline::null_text_inversion`), one `[1, 77, d]` per step: step `i`'s
+/// unconditional half is `null_embeddings[i]` for every prompt instead of the negative
+/// prompt's, as the authors' notebook (`null_text_w_ptp.ipynb`, `text2image_ldm_stable` with
+/// `uncond_embeddings`) edits an inverted picture.
+pub fn edit_latents_with_nulls(
+    sd: &StableDiffusion,
+    vocab: &Vocabulary,
+    r: &EditRequest,
+    null_embeddings: Option<&[Tensor<3>]>,
+    device: &Device,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<EditOutput, EditError> {
     if sd.text_encoder_2.is_some() {
         return Err(EditError::Sdxl);
     }
     let shape = validate(sd, &r.base, 1)?;
+    if let Some(nulls) = null_embeddings
+        && (nulls.len() != r.base.steps || r.base.guidance <= 1.0)
+    {
+        return Err(EditError::NullEmbeddings {
+            found: nulls.len(),
+            steps: r.base.steps,
+            guidance: r.base.guidance,
+        });
+    }
     let prompts = r.prompts();
     let tokens: Vec<PromptTokens> = prompts
         .iter()
@@ -222,9 +247,9 @@ pub fn edit_latents(
     let context = if guided {
         let negatives = vec![r.base.negative.clone(); n];
         let uncond = encode_prompts(sd, vocab, &negatives, learned, r.base.clip_skip, device)?;
-        Tensor::cat(vec![uncond.context, cond.context], 0)
+        Tensor::cat(vec![uncond.context, cond.context.clone()], 0)
     } else {
-        cond.context
+        cond.context.clone()
     };
 
     // One seed, one draw: every prompt starts from the same latents (and, for ancestral
@@ -248,9 +273,16 @@ pub fn edit_latents(
         };
         let b = input.dims()[0];
         let t_batch = Tensor::<1>::from_data(TensorData::new(vec![t as f32; b], [b]), device);
+        let context = match null_embeddings {
+            Some(nulls) => Tensor::cat(
+                vec![nulls[i].clone().repeat_dim(0, n), cond.context.clone()],
+                0,
+            ),
+            None => context.clone(),
+        };
         let out = sd
             .unet
-            .forward_controlled(input, t_batch, context.clone(), None, Some(&mut controller))
+            .forward_controlled(input, t_batch, context, None, Some(&mut controller))
             .cast(DType::F32);
         controller.end_step();
         let out = if guided {
