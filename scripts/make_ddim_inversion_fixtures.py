@@ -22,7 +22,9 @@ Writes crates/invert-model/tests/fixtures/pipeline/tiny-sd1-ddim-inversion.safet
     `latents.{k}`         F32 [1,4,12,16]  after inverse step k = 1..STEPS
     `reconstruction`      U8  [1,24,32,3]  the regenerated picture, (images * 255).round()
 and the settings, the inverse timesteps, the reconstruction's MSE and PSNR against the picture
-(in [0, 1], before rounding) and the versions in the metadata.
+(in [0, 1], before rounding) and the versions in the metadata. The same again with the scheduler
+config's prediction_type set to v_prediction (SD 2.x 768-v models and the bundled model predict
+v), under keys prefixed `v.` (`v.latents.{k}`, `v.reconstruction`, `v.timesteps`, ...).
 
 CPU, float32, one thread. Re-running gives a byte-identical file (metadata keys sorted).
 """
@@ -52,7 +54,7 @@ MODEL = FIXTURES / "tiny-sd1"
 TOKENIZER = MODEL / "tokenizer"  # the model's own 1000-id CLIP BPE (scripts/tiny_clip_bpe.py)
 INIT_PNG = FIXTURES / "pipeline/img2img-init.png"
 OUT = FIXTURES / "pipeline/tiny-sd1-ddim-inversion.safetensors"
-SIZE_LIMIT = 40_000
+SIZE_LIMIT = 60_000
 
 PROMPT = "a red disc and a white square on a blue ground"
 STEPS = 5
@@ -72,54 +74,61 @@ def main():
         requires_safety_checker=False,
     ).to("cpu")
     pipe.set_progress_bar_config(disable=True)
-    config = pipe.scheduler.config
-    inverse = DDIMInverseScheduler.from_config(config)
-    inverse.set_timesteps(STEPS)
-
-    gold = {}
-    with torch.no_grad():
-        image = Image.open(INIT_PNG).convert("RGB")
-        pixels = pipe.image_processor.preprocess(image)
-        latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
-        gold["latents.0"] = latents.clone()
-        prompt_embeds, _ = pipe.encode_prompt(PROMPT, "cpu", 1, False)
-        for k, t in enumerate(inverse.timesteps, start=1):
-            noise_pred = pipe.unet(latents, t, encoder_hidden_states=prompt_embeds).sample
-            latents = inverse.step(noise_pred, t, latents).prev_sample
-            gold[f"latents.{k}"] = latents.clone()
-
-        pipe.scheduler = DDIMScheduler.from_config(config)
-        out = pipe(
-            prompt=PROMPT,
-            num_inference_steps=STEPS,
-            guidance_scale=1.0,
-            latents=latents.clone(),
-            height=pixels.shape[2],
-            width=pixels.shape[3],
-            output_type="np",
-        )
-    images = out.images
-    check(images.shape == (1, pixels.shape[2], pixels.shape[3], 3), f"images {images.shape}")
-    original = (pixels[0].permute(1, 2, 0).numpy() / 2 + 0.5).clip(0, 1)
-    mse = float(((images[0] - original) ** 2).mean())
-    gold["reconstruction"] = torch.from_numpy((images * 255).round().astype("uint8"))
-    meta = {
+    base_config = dict(pipe.scheduler.config)
+    gold, meta = {}, {
         "generator": "scripts/make_ddim_inversion_fixtures.py",
         "model": "tiny-sd1 (fp16 variant files loaded as float32)",
         "image": INIT_PNG.name,
         "prompt": PROMPT,
         "steps": str(STEPS),
         "guidance_scale": "1.0",
-        "inverse_scheduler": "DDIMInverseScheduler.from_config(tiny-sd1 PNDM config)",
-        "reconstruction_scheduler": "DDIMScheduler.from_config(tiny-sd1 PNDM config)",
-        "timesteps": json.dumps(inverse.timesteps.tolist()),
-        "reconstruction.mse": repr(mse),
-        "reconstruction.psnr": repr(10 * math.log10(1 / mse)),
         "tokenizer": "tiny-sd1/tokenizer via transformers CLIPTokenizer",
         "compute": "CPU float32, 1 thread",
         "versions": f"torch {torch.__version__}, diffusers {diffusers.__version__}, "
         f"transformers {transformers.__version__}, numpy {np.__version__}",
     }
+    # The model's own epsilon-prediction config, and the same with prediction_type v_prediction
+    # (SD 2.x 768-v and the bundled model; the random U-Net's output read as v), keys prefixed "v.".
+    for prefix, prediction in (("", "epsilon"), ("v.", "v_prediction")):
+        config = dict(base_config, prediction_type=prediction)
+        inverse = DDIMInverseScheduler.from_config(config)
+        inverse.set_timesteps(STEPS)
+        with torch.no_grad():
+            image = Image.open(INIT_PNG).convert("RGB")
+            pixels = pipe.image_processor.preprocess(image)
+            latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+            gold[f"{prefix}latents.0"] = latents.clone()
+            prompt_embeds, _ = pipe.encode_prompt(PROMPT, "cpu", 1, False)
+            for k, t in enumerate(inverse.timesteps, start=1):
+                noise_pred = pipe.unet(latents, t, encoder_hidden_states=prompt_embeds).sample
+                latents = inverse.step(noise_pred, t, latents).prev_sample
+                gold[f"{prefix}latents.{k}"] = latents.clone()
+
+            pipe.scheduler = DDIMScheduler.from_config(config)
+            check(pipe.scheduler.config.prediction_type == prediction, "reconstruction scheduler")
+            out = pipe(
+                prompt=PROMPT,
+                num_inference_steps=STEPS,
+                guidance_scale=1.0,
+                latents=latents.clone(),
+                height=pixels.shape[2],
+                width=pixels.shape[3],
+                output_type="np",
+            )
+        images = out.images
+        check(images.shape == (1, pixels.shape[2], pixels.shape[3], 3), f"images {images.shape}")
+        original = (pixels[0].permute(1, 2, 0).numpy() / 2 + 0.5).clip(0, 1)
+        mse = float(((images[0] - original) ** 2).mean())
+        gold[f"{prefix}reconstruction"] = torch.from_numpy((images * 255).round().astype("uint8"))
+        meta.update({
+            f"{prefix}inverse_scheduler": f"DDIMInverseScheduler.from_config(tiny-sd1 PNDM config, {prediction})",
+            f"{prefix}reconstruction_scheduler": f"DDIMScheduler.from_config(tiny-sd1 PNDM config, {prediction})",
+            f"{prefix}timesteps": json.dumps(inverse.timesteps.tolist()),
+            f"{prefix}reconstruction.mse": repr(mse),
+            f"{prefix}reconstruction.psnr": repr(10 * math.log10(1 / mse)),
+        })
+        print(f"  {prediction}: timesteps {inverse.timesteps.tolist()}, reconstruction MSE {mse:.5f}, "
+              f"PSNR {10 * math.log10(1 / mse):.2f} dB")
     save_file({k: v.contiguous() for k, v in sorted(gold.items())}, str(OUT), metadata=meta)
     canonical_metadata_order(OUT)
     with safe_open(str(OUT), "pt") as f:
@@ -127,8 +136,6 @@ def main():
         check(all(torch.equal(f.get_tensor(k), gold[k]) for k in gold), "tensors round trip")
     size = OUT.stat().st_size
     check(size < SIZE_LIMIT, f"{OUT} is {size} bytes (limit {SIZE_LIMIT})")
-    print(f"  timesteps {inverse.timesteps.tolist()}, reconstruction MSE {mse:.5f}, "
-          f"PSNR {10 * math.log10(1 / mse):.2f} dB")
     print(f"  {OUT.relative_to(ROOT)}: {len(gold)} tensors, {size} bytes")
 
 
