@@ -57,7 +57,7 @@ fn tiny_sd1(device: &Device) -> StableDiffusion {
 }
 
 fn vocabulary(sd: &StableDiffusion, embeddings: &[&str]) -> Vocabulary {
-    let mut vocab = Vocabulary::for_model(&sd).unwrap();
+    let mut vocab = Vocabulary::for_model(sd).unwrap();
     for name in embeddings {
         let path = fixture(&format!("embeddings/{name}"));
         for e in read_embeddings(&path, None).unwrap() {
