@@ -8,6 +8,7 @@ use burn::prelude::*;
 use invert_model::loading::{LoadOptions, load};
 use invert_model::pipeline::{Request, decode, sample_latents};
 use invert_model::schedulers::{SamplerConfig, SamplerKind};
+use invert_model::unet::PerBlock;
 use invert_model::vocabulary::Vocabulary;
 use invert_world::pretrain::{self, Architecture, PretrainConfig, Progress};
 
@@ -21,7 +22,7 @@ fn toy() -> PretrainConfig {
             unet_channels: vec![32, 32],
             unet_attention: vec![false, true],
             unet_groups: 8,
-            unet_layers_per_block: 1,
+            unet_layers_per_block: PerBlock::One(1),
             unet_heads: 2,
             text_width: 32,
             text_layers: 1,
@@ -263,6 +264,66 @@ fn a_continued_run_with_picture_words_and_object_weight_keeps_the_vae_and_text_e
         "{msg}"
     );
     for d in [base, continued, other] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+/// A continued run whose architecture has one more U-Net layer in a block grows the folder's
+/// U-Net (`grow_unet.rs`): its first step's loss is the loss the ungrown U-Net gives on the same
+/// batch, and the folder it writes says the new layer count and loads.
+#[test]
+fn a_continued_run_may_grow_the_unet_by_a_layer() {
+    let base = temp("grow-base");
+    let device = Device::flex();
+    pretrain::run(&toy(), &base, false, &device, &mut |_| {}).unwrap();
+
+    let first_loss = |config: &PretrainConfig, out: &std::path::Path| {
+        let mut losses = Vec::new();
+        pretrain::run(config, out, false, &device, &mut |p: Progress| {
+            if p.stage == "diffusion" {
+                losses.push(p.loss)
+            }
+        })
+        .unwrap();
+        losses[0]
+    };
+    let same = PretrainConfig {
+        init_from: Some(base.clone()),
+        diffusion_steps: 2,
+        ..toy()
+    };
+    let grown = PretrainConfig {
+        architecture: Architecture {
+            unet_layers_per_block: PerBlock::Each(vec![2, 1]),
+            ..toy().architecture
+        },
+        ..same.clone()
+    };
+    let (same_out, grown_out) = (temp("grow-same"), temp("grow-grown"));
+    let a = first_loss(&same, &same_out);
+    let b = first_loss(&grown, &grown_out);
+    assert!((a - b).abs() < 1e-5 * a.abs().max(1.0), "{a} against {b}");
+
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(grown_out.join("unet/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["layers_per_block"], serde_json::json!([2, 1]));
+    load(&grown_out, &LoadOptions::default(), &device).unwrap();
+
+    // two layers more is not a growth
+    let too_many = PretrainConfig {
+        architecture: Architecture {
+            unet_layers_per_block: PerBlock::Each(vec![3, 1]),
+            ..toy().architecture
+        },
+        ..same.clone()
+    };
+    let other = temp("grow-other");
+    let msg = pretrain::run(&too_many, &other, false, &device, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("at most one per block"), "{msg}");
+    for d in [base, same_out, grown_out, other] {
         std::fs::remove_dir_all(d).ok();
     }
 }

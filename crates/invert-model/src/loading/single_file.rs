@@ -308,9 +308,12 @@ pub fn load(
             None,
         ),
     };
-    let unet_map =
-        crate::unet::keys::unet_from_ldm(&ckpt.keys, cfg.unet.layers_per_block, options.use_ema)
-            .map_err(mapping_err)?;
+    // LDM's `input_blocks` / `output_blocks` numbering assumes the same count in every block
+    let layers = cfg.unet.layers_per_block.uniform().ok_or_else(|| {
+        mapping_err("a config with a different layers_per_block per block has no LDM layout".into())
+    })?;
+    let unet_map = crate::unet::keys::unet_from_ldm(&ckpt.keys, layers, options.use_ema)
+        .map_err(mapping_err)?;
     let vae_map = crate::vae::keys::vae_from_ldm(&ckpt.keys).map_err(mapping_err)?;
     let te_a = ckpt.assign(te_map, crate::clip::keys::to_burn_path, &mut unexpected);
     let te2_a = te2_map.map(|m| {

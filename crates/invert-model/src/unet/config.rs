@@ -4,7 +4,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// A config value given once for every block or as a per-block list (`attention_head_dim`,
-/// `transformer_layers_per_block`).
+/// `transformer_layers_per_block`, `layers_per_block`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum PerBlock {
@@ -19,6 +19,14 @@ impl PerBlock {
             PerBlock::One(v) => Some(vec![*v; n]),
             PerBlock::Each(v) if v.len() == n => Some(v.clone()),
             PerBlock::Each(_) => None,
+        }
+    }
+
+    /// The one value every block has, `None` when the blocks differ.
+    pub fn uniform(&self) -> Option<usize> {
+        match self {
+            PerBlock::One(v) => Some(*v),
+            PerBlock::Each(v) => v.first().copied().filter(|f| v.iter().all(|x| x == f)),
         }
     }
 }
@@ -36,8 +44,10 @@ pub struct UNet2DConditionConfig {
     pub block_out_channels: Vec<usize>,
     pub down_block_types: Vec<String>,
     pub up_block_types: Vec<String>,
-    #[config(default = 2)]
-    pub layers_per_block: usize,
+    /// Resnets per down block (up blocks have one more), once or per block as diffusers allows
+    /// (`UNet2DConditionModel.__init__`: `reversed_layers_per_block` for the up blocks).
+    #[config(default = "PerBlock::One(2)")]
+    pub layers_per_block: PerBlock,
     /// Native latent size (64 for SD 1.x and 2.x base, 96 for 2.x 768-v).
     #[config(default = 64)]
     pub sample_size: usize,
@@ -143,6 +153,15 @@ impl UNet2DConditionConfig {
                 "attention_head_dim / num_attention_heads must be one value or {n} values"
             ));
         }
+        if !self
+            .layers_per_block
+            .expand(n)
+            .is_some_and(|l| l.iter().all(|&l| l >= 1))
+        {
+            return Some(format!(
+                "layers_per_block must be one value or {n} values, each at least 1"
+            ));
+        }
         if self.transformer_layers_per_block.expand(n).is_none() {
             return Some(format!(
                 "transformer_layers_per_block must be one value or {n} values"
@@ -194,6 +213,27 @@ mod tests {
         assert_eq!(one.expand(4), Some(vec![8; 4]));
         assert_eq!(each.expand(4), Some(vec![5, 10, 20, 20]));
         assert_eq!(each.expand(3), None);
+        assert_eq!(one.uniform(), Some(8));
+        assert_eq!(each.uniform(), None);
+        assert_eq!(PerBlock::Each(vec![2, 2]).uniform(), Some(2));
+    }
+
+    #[test]
+    fn layers_per_block_may_differ_per_block_but_not_be_zero() {
+        let mut cfg = UNet2DConditionConfig::new(
+            vec![32, 64],
+            vec!["DownBlock2D".into(), "CrossAttnDownBlock2D".into()],
+            vec!["CrossAttnUpBlock2D".into(), "UpBlock2D".into()],
+        );
+        cfg.layers_per_block = serde_json::from_str("[2, 1]").unwrap();
+        assert!(cfg.unsupported().is_none());
+        for bad in ["[2, 0]", "[1, 1, 1]", "0"] {
+            cfg.layers_per_block = serde_json::from_str(bad).unwrap();
+            assert!(
+                cfg.unsupported().unwrap().contains("layers_per_block"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -49,6 +49,7 @@ impl UNet2DConditionConfig {
             .transformer_layers_per_block
             .expand(n)
             .expect("checked");
+        let resnets = self.layers_per_block.expand(n).expect("checked");
         let time_embed_dim = ch[0] * 4;
         let settings = BlockSettings {
             temb_channels: time_embed_dim,
@@ -66,7 +67,7 @@ impl UNet2DConditionConfig {
                     in_channels: if i == 0 { ch[0] } else { ch[i - 1] },
                     out_channels: ch[i],
                     prev_output_channels: 0,
-                    num_layers: self.layers_per_block,
+                    num_layers: resnets[i],
                     attention: cross.then_some((heads[i], layers[i])),
                     resample: i + 1 < n,
                     downsample_padding: self.downsample_padding,
@@ -86,7 +87,7 @@ impl UNet2DConditionConfig {
                     in_channels: rev(ch, (i + 1).min(n - 1)),
                     out_channels: rev(ch, i),
                     prev_output_channels: if i == 0 { ch[n - 1] } else { rev(ch, i - 1) },
-                    num_layers: self.layers_per_block + 1,
+                    num_layers: rev(&resnets, i) + 1,
                     attention: cross.then_some((rev(&heads, i), rev(&layers, i))),
                     resample: i + 1 < n,
                     downsample_padding: 0,

@@ -4,7 +4,7 @@
 //! folder with `StableDiffusionPipeline.from_pretrained`).
 
 use invert_model::clip::CLIPTextConfig;
-use invert_model::unet::UNet2DConditionConfig;
+use invert_model::unet::{PerBlock, UNet2DConditionConfig};
 use invert_model::vae::AutoencoderKLConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -22,7 +22,8 @@ pub struct Architecture {
     /// Per U-Net level: whether it has (self- and cross-) attention.
     pub unet_attention: Vec<bool>,
     pub unet_groups: usize,
-    pub unet_layers_per_block: usize,
+    /// Resnets per down block, once or per level (`[2, 2, 1, 1]`: two at 16x16 and 8x8).
+    pub unet_layers_per_block: PerBlock,
     /// Attention heads in every U-Net transformer (diffusers' `attention_head_dim` of SD 1.x
     /// configs, which is really the head count).
     pub unet_heads: usize,
@@ -45,7 +46,7 @@ impl Default for Architecture {
             unet_channels: vec![32, 64, 128, 128],
             unet_attention: vec![false, true, true, true],
             unet_groups: 16,
-            unet_layers_per_block: 1,
+            unet_layers_per_block: PerBlock::One(1),
             unet_heads: 4,
             text_width: 128,
             text_layers: 3,
@@ -85,6 +86,17 @@ impl Architecture {
                 "unet_channels must be multiples of unet_groups {}",
                 self.unet_groups
             ));
+        }
+        if !self
+            .unet_layers_per_block
+            .expand(self.unet_channels.len())
+            .is_some_and(|l| l.iter().all(|&l| l >= 1))
+        {
+            return Err(
+                "unet_layers_per_block must be one number or one per unet_channels level, each \
+                 at least 1"
+                    .into(),
+            );
         }
         if self.unet_attention.len() != self.unet_channels.len() {
             return Err("unet_attention needs one entry per unet_channels level".into());

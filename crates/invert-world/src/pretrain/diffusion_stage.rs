@@ -283,7 +283,7 @@ pub fn run(
     if state.diffusion_step > 0 {
         load_module(&mut model, &path)?;
     } else if let Some(root) = &config.init_from {
-        super::base_model::load_denoiser(root, &mut model.unet, &mut model.text_encoder)?;
+        super::base_model::load_denoiser(root, a, &mut model.unet, &mut model.text_encoder)?;
     }
     model.text_encoder = model.text_encoder.no_grad();
     let picture_word = (

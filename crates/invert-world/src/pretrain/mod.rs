@@ -16,6 +16,7 @@ pub mod base_model;
 pub mod checkpoint;
 pub mod diffusion_stage;
 pub mod folder;
+pub mod grow_unet;
 pub mod picture_words;
 pub mod text_stage;
 pub mod tokenizer_files;
@@ -76,8 +77,9 @@ pub struct PretrainConfig {
     /// (`picture_words.rs` says why); 0 turns them off.
     pub picture_words: f64,
     /// Continue from this diffusers folder (an earlier `invert pretrain` result of the same
-    /// architecture): its VAE and text encoder are kept, the VAE and text stages skipped, and
-    /// the diffusion stage starts from its U-Net (`base_model.rs`).
+    /// architecture, or of one U-Net layer per block fewer, which is grown: `grow_unet.rs`):
+    /// its VAE and text encoder are kept, the VAE and text stages skipped, and the diffusion
+    /// stage starts from its U-Net (`base_model.rs`).
     pub init_from: Option<PathBuf>,
 }
 
