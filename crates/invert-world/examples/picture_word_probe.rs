@@ -16,11 +16,12 @@ fn main() {
     let count: usize = args.get(4).map_or(16, |n| n.parse().unwrap());
     let device = Device::flex();
     let sd = load(model.as_ref(), &LoadOptions::default(), &device).unwrap();
-    // the continued run's config (configs/pretrain/world-picture-words.toml): same architecture
-    let config = PretrainConfig {
-        picture_words: 0.5,
-        ..Default::default()
-    };
+    // the continued run's own config (its architecture and picture-word encoder), as the work
+    // folder's state.json recorded it
+    let config: PretrainConfig = checkpoint::load_state(std::path::Path::new(work))
+        .unwrap()
+        .config
+        .expect("a work folder of a run that has started");
     let a = &config.architecture;
     let (te_cfg, unet_cfg, _) = a.configs(sd.text_encoder.vocab_size());
     let mut d = Denoiser {
