@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 use burn::store::ModuleSnapshot;
 use burn::store::bridge;
-use burn::tensor::{DType, TensorData};
+use burn::tensor::TensorData;
 use invert_model::unet::UNet2DConditionModel;
 use invert_model::unet::unet_blocks::DownBlock;
 
@@ -132,7 +132,7 @@ pub fn grow_layers(
                 values[o * inputs + o] = 1.0;
             }
         }
-        let data = TensorData::new(values, shape.clone()).convert_dtype(DType::F32);
+        let data = TensorData::new(values, shape.clone());
         tensors.push(bridge::from_data(data, name, None));
     }
     let result = grown.apply(tensors, None, None, true);
